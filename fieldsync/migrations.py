@@ -1,0 +1,59 @@
+"""Numbered migrations of the device store.  Never edit one after release: add one."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database, Migrations
+
+__all__ = ["store_migrations", "STORE_FORMAT"]
+
+STORE_FORMAT = "fieldsync-store"
+
+store_migrations = Migrations("fieldsync.store")
+
+
+@store_migrations(name="0001_initial")
+def _initial(db: Database) -> None:
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB)")
+    # Only what the store must index is in clear: ids, collection, grid, flags
+    # and the newest stamp.  Field values and their clocks live in ``body``,
+    # sealed to (collection, id).
+    db.execute(
+        """CREATE TABLE records (
+            collection TEXT NOT NULL,
+            id TEXT NOT NULL,
+            grid TEXT NOT NULL,
+            deleted INTEGER NOT NULL DEFAULT 0,
+            stamp TEXT NOT NULL,
+            body BLOB NOT NULL,
+            PRIMARY KEY (collection, id)
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX records_grid ON records (collection, grid)")
+    db.execute(
+        """CREATE TABLE search (
+            collection TEXT NOT NULL,
+            field TEXT NOT NULL,
+            token BLOB NOT NULL,
+            id TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX search_token ON search (collection, field, token)")
+    db.execute("CREATE INDEX search_record ON search (collection, id)")
+    db.execute(
+        """CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            collection TEXT NOT NULL,
+            id TEXT NOT NULL,
+            grid TEXT NOT NULL,
+            created_ms INTEGER NOT NULL,
+            body BLOB NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE attachments (
+            hash TEXT PRIMARY KEY,
+            file TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            created_ms INTEGER NOT NULL
+        )"""
+    )
