@@ -28,7 +28,7 @@ DEFAULT_MAX_DRIFT_MS = 5 * 60 * 1000
 _WALL_DIGITS = 12  # hex digits for milliseconds: good until the year 10889
 _COUNTER_DIGITS = 6
 _MAX_COUNTER = 16**_COUNTER_DIGITS - 1
-_STAMP_RE = re.compile(r"^([0-9a-f]{12})-([0-9a-f]{6})-([A-Za-z0-9_.:\-]{1,64})$")
+_STAMP_RE = re.compile(r"^([0-9a-f]{12})-([0-9a-f]{6})-([A-Za-z0-9_.:\-]{1,64})\Z")
 
 
 @dataclass(frozen=True, order=True)

@@ -57,3 +57,29 @@ def _initial(db: Database) -> None:
             created_ms INTEGER NOT NULL
         )"""
     )
+
+
+@store_migrations(name="0002_sync")
+def _sync(db: Database) -> None:
+    # server_digest: digest of the server's version of the record as last
+    # received (clocks only, no values); NULL until the server has sent it.
+    db.execute("ALTER TABLE records ADD COLUMN server_digest INTEGER")
+    db.execute("CREATE INDEX outbox_record ON outbox (collection, id)")
+    db.execute("CREATE TABLE cursors (grid TEXT PRIMARY KEY, server_seq INTEGER NOT NULL)")
+    # Records whose local state may differ from the server's after a
+    # rejection: the next sync fetches their buckets back (or drops them).
+    db.execute("CREATE TABLE stale (collection TEXT NOT NULL, id TEXT NOT NULL, grid TEXT NOT NULL, "
+               "PRIMARY KEY (collection, id))")
+    db.execute(
+        """CREATE TABLE rejections (
+            seq INTEGER PRIMARY KEY,
+            collection TEXT NOT NULL,
+            id TEXT NOT NULL,
+            code TEXT NOT NULL,
+            message TEXT NOT NULL,
+            field TEXT,
+            created_ms INTEGER NOT NULL,
+            dismissed INTEGER NOT NULL DEFAULT 0,
+            body BLOB NOT NULL
+        )"""
+    )

@@ -27,6 +27,7 @@ __all__ = [
     "Kind",
     "Registry",
     "DEFAULT_KINDS",
+    "SYSTEM_KINDS",
     "default_registry",
     "normalise",
     "valid_id_number",
@@ -35,7 +36,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 
-_TYPES = ("text", "integer", "number", "boolean", "date", "datetime", "tags", "list", "object", "location")
+_TYPES = ("text", "integer", "number", "boolean", "date", "datetime", "tags", "list", "object", "location", "any")
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
@@ -220,11 +221,15 @@ class Kind:
 
 
 class Registry:
-    """The record kinds one store (and its server) know about."""
+    """The record kinds one store (and its server) know about.
+
+    Every registry also holds the system kinds (:data:`SYSTEM_KINDS`, such as
+    the conflict log) that sync itself relies on.
+    """
 
     def __init__(self, kinds: Iterable[Kind] = ()) -> None:
         self._kinds: dict[str, Kind] = {}
-        for k in kinds:
+        for k in (*SYSTEM_KINDS, *kinds):
             self.register(k)
 
     def register(self, kind: Kind) -> Kind:
@@ -267,7 +272,25 @@ HOUSEHOLD_TAGS = ("低保", "独居老人", "残疾", "失业", "空巢", "优�
 REPORT_STATUSES = ("submitted", "dispatched", "in_progress", "resolved", "confirmed", "reopened", "rejected")
 TASK_STATUSES = ("open", "done", "cancelled")
 
-_T = Field  # keeps the table below readable
+_T = Field  # keeps the tables below readable
+
+CONFLICT_STATUSES = ("open", "kept", "restored")
+
+# Written by the server when a concurrent overwrite happens; devices sync them
+# like any record so the worker (or the command centre) can review both values.
+SYSTEM_KINDS: tuple[Kind, ...] = (
+    Kind("conflicts", {
+        "grid_id": _T(required=True),
+        "collection": _T(required=True),
+        "record_id": _T(required=True),
+        "field": _T(required=True),
+        "kept_value": _T("any"),
+        "kept_stamp": _T(),
+        "lost_value": _T("any"),
+        "lost_stamp": _T(),
+        "status": _T(choices=CONFLICT_STATUSES),
+    }, description="A concurrent overwrite: both values kept for review (system kind)."),
+)
 DEFAULT_KINDS: tuple[Kind, ...] = (
     Kind("grids", {
         "name": _T(required=True, max_length=100),

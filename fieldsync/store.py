@@ -43,6 +43,7 @@ from .errors import (
 )
 from .merge import DELETED, FieldWrite
 from .migrations import STORE_FORMAT, store_migrations
+from .replica import ReplicaMixin
 from .schema import Kind, Registry, default_registry, normalise
 from .unlock import PinGuard
 
@@ -78,7 +79,7 @@ def _is_disk_error(exc: sqlite3.Error) -> bool:
     return any(s in text for s in ("disk is full", "disk i/o error", "database or disk is full", "readonly"))
 
 
-class Store:
+class Store(ReplicaMixin):
     """An unlocked, encrypted store of typed records.  Thread-safe.
 
     Open one with :meth:`create` or :meth:`open`.  ``kdf`` sets the PIN key
@@ -140,7 +141,7 @@ class Store:
         path = Path(path)
         if not path.is_file():
             raise NotAStoreError(f"{path}: no store here (create one with 'fieldsync init')")
-        conn = cls._connect(path)
+        conn = cls._connect(path, existing=True)
         try:
             db = Database(conn)
             try:
@@ -169,15 +170,28 @@ class Store:
         return cls._unlocked(path, conn, db, dek, registry, wall)
 
     @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
+    def _connect(path: Path, *, existing: bool = False) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+        except sqlite3.DatabaseError as exc:
+            raise NotAStoreError(f"{path}: cannot open as a store ({exc})") from exc
+        try:
+            if existing:
+                # Look before changing anything: a file that is not a store must
+                # be left as it was (journal mode in its header, permissions).
+                fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+                if not fmt or fmt[0] != STORE_FORMAT:
+                    raise NotAStoreError(f"{path}: not a fieldsync store")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA secure_delete=ON")
             conn.execute("PRAGMA temp_store=MEMORY")
         except sqlite3.DatabaseError as exc:
+            conn.close()
             raise NotAStoreError(f"{path}: cannot open as a store ({exc})") from exc
+        except BaseException:
+            conn.close()
+            raise
         if os.name == "posix":
             os.chmod(path, 0o600)
         return conn
@@ -208,8 +222,8 @@ class Store:
         self.registry = registry if registry is not None else default_registry()
         self.node_id = self._meta("node_id")
         last = self._meta("clock")
-        kwargs = {"wall": wall} if wall else {}
-        self.clock = HybridClock(self.node_id, last=Stamp.decode(last) if last else None, **kwargs)
+        self._offset_ms = int(self._meta("clock_offset_ms") or 0)
+        self.clock = HybridClock(self.node_id, wall=wall or self.now_ms, last=Stamp.decode(last) if last else None)
         self.attachments = AttachmentStore(Path(f"{path}-attachments"), self._keys, conn, self.atomic)
         self._closed = False
         return self
@@ -260,6 +274,31 @@ class Store:
     def set_meta(self, key: str, value: Any) -> None:
         with self.atomic():
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ("app:" + key, value))
+
+    def _set_secret(self, key: str, value: bytes) -> None:
+        with self.atomic():
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                               ("secret:" + key, self._keys.seal(value, "_meta", key)))
+
+    def _get_secret(self, key: str) -> bytes | None:
+        with self._lock:
+            sealed = self._meta("secret:" + key)
+        return None if sealed is None else self._keys.open(sealed, "_meta", key)
+
+    @property
+    def clock_offset_ms(self) -> int:
+        """Server time minus this device's time, as last measured by sync."""
+        return int(self._meta("clock_offset_ms") or 0)
+
+    def set_clock_offset(self, offset_ms: int) -> None:
+        """Correct this device's clock by the measured offset (stamps and signatures use it)."""
+        with self.atomic():
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('clock_offset_ms', ?)", (int(offset_ms),))
+        self._offset_ms = int(offset_ms)
+
+    def now_ms(self) -> int:
+        """This device's best estimate of the true time (system clock + measured offset)."""
+        return time.time_ns() // 1_000_000 + self._offset_ms
 
     # -- records: reading ------------------------------------------------
     def _state(self, collection: str, rid: str, body: bytes) -> dict[str, _Wire]:
@@ -466,8 +505,13 @@ class Store:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 dek = guard.unlock(old_pin)
-            except WrongPinError:
+            except (WrongPinError, StoreErasedError):
+                # Keep the failure count (and an erase on the last try): guessing
+                # through change_pin must cost what guessing at open costs.
                 self._conn.execute("COMMIT")
+                if guard.erased():
+                    self._scrub(self._conn)
+                    self.close()
                 raise
             except BaseException:
                 self._conn.execute("ROLLBACK")

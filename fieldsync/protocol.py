@@ -1,0 +1,327 @@
+"""The sync protocol's messages, parsed and built in one place.  No I/O.
+
+Both the device (``fieldsync.sync``) and the district server (``server_stub``)
+use these definitions, so they cannot disagree about a message.  Every parse
+function validates its input completely and raises :class:`ProtocolError`
+(device side) or ``ValueError`` subclasses the server turns into a 400; it
+never returns half-checked data.  See docs/protocol.md for the prose spec.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+from urllib.parse import parse_qsl, quote
+
+from .clock import Stamp
+from .errors import ProtocolError
+from .merge import DELETED, FieldWrite
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "MIN_SCHEMA_VERSION",
+    "MAX_PUSH_CHANGES",
+    "MAX_PULL_LIMIT",
+    "MAX_BODY_BYTES",
+    "TIMESTAMP_WINDOW_MS",
+    "H_DEVICE",
+    "H_TIMESTAMP",
+    "H_NONCE",
+    "H_SIGNATURE",
+    "H_SCHEMA",
+    "Change",
+    "Rejection",
+    "PushResponse",
+    "PullResponse",
+    "canonical_request",
+    "body_hash",
+    "record_digest",
+    "fold_digests",
+    "bucket_of",
+    "N_BUCKETS",
+    "parse_change",
+    "parse_push_response",
+    "parse_pull_response",
+    "dumps",
+]
+
+PROTOCOL_VERSION = 1
+MIN_SCHEMA_VERSION = 1
+MAX_PUSH_CHANGES = 1000
+MAX_PULL_LIMIT = 5000
+DEFAULT_PULL_LIMIT = 2000
+MAX_BODY_BYTES = 16 * 1024 * 1024
+TIMESTAMP_WINDOW_MS = 5 * 60 * 1000
+N_BUCKETS = 64
+DIGEST_BITS = 60
+
+H_DEVICE = "X-Fieldsync-Device"
+H_TIMESTAMP = "X-Fieldsync-Timestamp"
+H_NONCE = "X-Fieldsync-Nonce"
+H_SIGNATURE = "X-Fieldsync-Signature"
+H_SCHEMA = "X-Fieldsync-Schema"
+
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
+
+
+def dumps(obj: Any) -> bytes:
+    """The one JSON encoding used on the wire (UTF-8, compact)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _fail(message: str) -> ProtocolError:
+    return ProtocolError(message)
+
+
+def _ident(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 64 or not set(value) <= _ID_CHARS:
+        raise _fail(f"{what} must be an id of 1-64 characters [A-Za-z0-9_.:-]")
+    return value
+
+
+def _int(value: Any, what: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _fail(f"{what} must be an integer >= {minimum}")
+    return value
+
+
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(f"{what} must be an object")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _fail(f"{what} must be a list")
+    return value
+
+
+# -- request signing ---------------------------------------------------------
+
+def body_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def canonical_query(query: str) -> str:
+    """Query parameters sorted by name then value, percent-encoded the same way on both sides."""
+    pairs = sorted(parse_qsl(query, keep_blank_values=True))
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
+
+
+def canonical_request(method: str, path: str, query: str, body: bytes, timestamp_ms: int, nonce: str, device_id: str) -> bytes:
+    """The exact bytes a device signs with its Ed25519 key for one request."""
+    return "\n".join([
+        f"FIELDSYNC-V{PROTOCOL_VERSION}",
+        method.upper(),
+        path,
+        canonical_query(query),
+        body_hash(body),
+        str(timestamp_ms),
+        nonce,
+        device_id,
+    ]).encode("utf-8")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: Any, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise _fail(f"{what} must be base64 text")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, TypeError) as exc:
+        raise _fail(f"{what} is not valid base64") from exc
+
+
+# -- integrity digests ----------------------------------------------------------
+
+def record_digest(collection: str, rid: str, stamps: Mapping[str, str]) -> int:
+    """A 60-bit digest of one record's version: its fields and their stamps (no values).
+
+    The grid checksum is the XOR of the digests of its records, so the server
+    can keep it up to date in O(1) per change and a device can compute the
+    same from the stamps it holds.
+    """
+    h = hashlib.sha256()
+    h.update(f"{collection}\x00{rid}\x00".encode())
+    for name in sorted(stamps):
+        h.update(f"{name}={stamps[name]}\x00".encode())
+    return int.from_bytes(h.digest()[:8], "big") >> (64 - DIGEST_BITS)
+
+
+def fold_digests(digests: Iterable[int]) -> int:
+    out = 0
+    for d in digests:
+        out ^= d
+    return out
+
+
+def bucket_of(collection: str, rid: str) -> int:
+    """The repair bucket (0..N_BUCKETS-1) a record belongs to."""
+    return hashlib.sha256(f"{collection}\x00{rid}".encode()).digest()[0] % N_BUCKETS
+
+
+# -- messages -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Change:
+    """A set of field writes to one record, as pushed (with ``seq``) or pulled (with ``server_seq``)."""
+
+    collection: str
+    id: str
+    grid: str
+    fields: dict[str, FieldWrite]
+    seq: int = 0
+    server_seq: int = 0
+    left: bool = False  # pulled: the record left this grid (moved or out of scope)
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"collection": self.collection, "id": self.id, "grid": self.grid}
+        if self.left:
+            out["left"] = True
+        else:
+            out["fields"] = {k: w.to_wire() for k, w in self.fields.items()}
+        if self.seq:
+            out["seq"] = self.seq
+        if self.server_seq:
+            out["server_seq"] = self.server_seq
+        return out
+
+    def stamps(self) -> dict[str, str]:
+        return {k: w.stamp.encode() for k, w in self.fields.items()}
+
+
+def parse_change(data: Any, *, pushed: bool) -> Change:
+    d = _obj(data, "change")
+    collection = _ident(d.get("collection"), "change.collection")
+    rid = _ident(d.get("id"), "change.id")
+    grid = _ident(d.get("grid"), "change.grid")
+    left = d.get("left", False) is True
+    fields: dict[str, FieldWrite] = {}
+    if not left:
+        raw = _obj(d.get("fields"), "change.fields")
+        if not raw:
+            raise _fail("change.fields must not be empty")
+        for name, wire in raw.items():
+            if not isinstance(name, str) or not name or len(name) > 64:
+                raise _fail("field names must be 1-64 characters")
+            if name.startswith("_") and name != DELETED:
+                raise _fail(f"field name {name!r} is reserved")
+            try:
+                fields[name] = FieldWrite.from_wire(wire)
+            except ValueError as exc:
+                raise _fail(f"change.fields.{name}: {exc}") from exc
+    if pushed:
+        seq = _int(d.get("seq"), "change.seq", 1)
+        return Change(collection, rid, grid, fields, seq=seq)
+    server_seq = _int(d.get("server_seq"), "change.server_seq", 1)
+    return Change(collection, rid, grid, fields, server_seq=server_seq, left=left)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A pushed change the server refused; the seq still advanced."""
+
+    seq: int
+    collection: str
+    id: str
+    code: str
+    message: str
+    field: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"seq": self.seq, "collection": self.collection, "id": self.id,
+                "code": self.code, "message": self.message, "field": self.field}
+
+
+def _parse_rejection(data: Any) -> Rejection:
+    d = _obj(data, "rejection")
+    fld = d.get("field")
+    if fld is not None and not isinstance(fld, str):
+        raise _fail("rejection.field must be text or null")
+    code, message = d.get("code"), d.get("message")
+    if not isinstance(code, str) or not isinstance(message, str):
+        raise _fail("rejection.code and rejection.message must be text")
+    return Rejection(_int(d.get("seq"), "rejection.seq", 1), _ident(d.get("collection"), "rejection.collection"),
+                     _ident(d.get("id"), "rejection.id"), code, message, fld)
+
+
+@dataclass(frozen=True)
+class PushResponse:
+    acked_seq: int
+    rejections: list[Rejection]
+    server_time_ms: int
+    more_to_pull: bool
+
+
+def parse_push_response(data: Any, sent_upto: int) -> PushResponse:
+    d = _obj(data, "push response")
+    acked = _int(d.get("acked_seq"), "acked_seq")
+    if acked > sent_upto:
+        raise _fail(f"server acknowledged seq {acked} but only {sent_upto} was sent")
+    rejections = [_parse_rejection(r) for r in _list(d.get("rejections", []), "rejections")]
+    if any(r.seq > acked for r in rejections):
+        raise _fail("a rejection names a seq beyond the acknowledged one")
+    more = d.get("more_to_pull", False)
+    if not isinstance(more, bool):
+        raise _fail("more_to_pull must be true or false")
+    return PushResponse(acked, rejections, _int(d.get("server_time_ms"), "server_time_ms"), more)
+
+
+@dataclass(frozen=True)
+class PullResponse:
+    changes: list[Change]
+    cursors: dict[str, int]
+    checksums: dict[str, int]  # only for grids this page caught up on
+    grids: list[str]  # the device's scope now
+    more: bool
+    server_time_ms: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_pull_response(data: Any, sent_cursors: Mapping[str, int], limit: int) -> PullResponse:
+    """Validate a pull page against what was asked; hostile answers raise ProtocolError."""
+    d = _obj(data, "pull response")
+    grids = [_ident(g, "grids[]") for g in _list(d.get("grids"), "grids")]
+    scope = set(grids)
+    raw_changes = _list(d.get("changes"), "changes")
+    if len(raw_changes) > limit:
+        raise _fail(f"the server sent {len(raw_changes)} changes for a page of at most {limit}")
+    changes = [parse_change(c, pushed=False) for c in raw_changes]
+    cursors = {_ident(g, "cursors key"): _int(v, f"cursors.{g}") for g, v in _obj(d.get("cursors"), "cursors").items()}
+    for g, v in cursors.items():
+        if g not in scope:
+            raise _fail(f"cursor for grid {g!r} which is not in this device's scope")
+        if v < sent_cursors.get(g, 0):
+            raise _fail(f"cursor for grid {g!r} went backwards ({sent_cursors.get(g, 0)} -> {v})")
+    for c in changes:
+        if c.grid not in scope:
+            raise _fail(f"a change for grid {c.grid!r} which is not in this device's scope")
+        if not sent_cursors.get(c.grid, 0) < c.server_seq <= cursors.get(c.grid, -1):
+            raise _fail(f"change {c.collection}/{c.id} has server_seq {c.server_seq} outside this page")
+    checksums = {}
+    for g, v in _obj(d.get("checksums", {}), "checksums").items():
+        if g not in scope:
+            raise _fail(f"checksum for grid {g!r} which is not in this device's scope")
+        checksums[g] = _int(v, f"checksums.{g}")
+    more = d.get("more")
+    if not isinstance(more, bool):
+        raise _fail("more must be true or false")
+    return PullResponse(changes, cursors, checksums, grids, more, _int(d.get("server_time_ms", 0), "server_time_ms"))
+
+
+def stamps_of(fields: Mapping[str, FieldWrite]) -> dict[str, str]:
+    return {k: w.stamp.encode() for k, w in fields.items()}
+
+
+def parse_stamp(text: Any, what: str) -> Stamp:
+    try:
+        return Stamp.decode(text)
+    except ValueError as exc:
+        raise _fail(f"{what}: {exc}") from exc

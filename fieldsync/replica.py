@@ -1,0 +1,270 @@
+"""The device side of sync, as part of :class:`fieldsync.Store`.
+
+The rule for data from the server: for every field WITHOUT a pending local
+change, the device adopts the server's write as it is (the server is the
+authority on acknowledged state, including stamps it clamped); for a field
+WITH a pending local change the two writes are merged with
+:func:`fieldsync.merge.merge_field`, so unsynced work is never discarded.
+Each pulled page, its cursors and any scope change commit in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .merge import DELETED, FieldWrite, merge_field
+from .protocol import N_BUCKETS, Change, PullResponse, Rejection, bucket_of, record_digest
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["PageResult", "RejectedChange"]
+
+
+@dataclass(frozen=True)
+class PageResult:
+    applied: int
+    removed: int
+    grids_left: list[str]
+    grids_entered: list[str]
+
+
+@dataclass(frozen=True)
+class RejectedChange:
+    """A change the server refused: what was sent, and why.  The worker can fix and resubmit."""
+
+    seq: int
+    collection: str
+    id: str
+    code: str
+    message: str
+    field: str | None
+    values: dict[str, Any]
+    created_ms: int
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class ReplicaMixin:
+    """Sync bookkeeping of the device store (cursors, acks, rejections, pages, repair)."""
+
+    # -- state the client reads ---------------------------------------------
+    def cursors(self: "Store") -> dict[str, int]:
+        with self._lock:
+            return {g: int(s) for g, s in self._conn.execute("SELECT grid, server_seq FROM cursors").fetchall()}
+
+    def grids(self: "Store") -> list[str]:
+        """The grids this device holds (its scope as of the last pull)."""
+        return sorted(json.loads(self._meta("grids") or "[]"))
+
+    def _pending_fields(self: "Store", collection: str, rid: str) -> set[str]:
+        rows = self._conn.execute(
+            "SELECT body FROM outbox WHERE collection = ? AND id = ?", (collection, rid)
+        ).fetchall()
+        fields: set[str] = set()
+        for (body,) in rows:
+            fields.update(json.loads(self._keys.open(body, "_outbox", collection, rid)))
+        return fields
+
+    def _has_pending(self: "Store", collection: str, rid: str) -> bool:
+        return self._conn.execute(
+            "SELECT 1 FROM outbox WHERE collection = ? AND id = ? LIMIT 1", (collection, rid)
+        ).fetchone() is not None
+
+    # -- push results -----------------------------------------------------------
+    def apply_push_result(self: "Store", acked_seq: int, rejections: list[Rejection]) -> int:
+        """Record the server's answer to a push in one transaction.
+
+        Each rejected change is kept (sealed) with its reason for the worker
+        to review; its fields are no longer pending, and the record is marked
+        stale so the next integrity check fetches the server's version back.
+        Outbox entries up to ``acked_seq`` leave.  Returns how many left.
+        """
+        with self.atomic():
+            for rej in rejections:
+                row = self._conn.execute(
+                    "SELECT collection, id, body FROM outbox WHERE seq = ?", (rej.seq,)
+                ).fetchone()
+                if row is None:
+                    continue  # already recorded by an earlier answer
+                collection, rid, body = row
+                writes = json.loads(self._keys.open(body, "_outbox", collection, rid))
+                values = {k: w[0] for k, w in writes.items()}
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO rejections (seq, collection, id, code, message, field, created_ms, body) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (rej.seq, collection, rid, rej.code, rej.message[:500], rej.field, int(time.time() * 1000),
+                     self._keys.seal(_dumps(values), "_rejection", str(rej.seq))),
+                )
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO stale (collection, id, grid) SELECT collection, id, grid FROM records "
+                    "WHERE collection = ? AND id = ?", (collection, rid),
+                )
+            cur = self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (acked_seq,))
+            return cur.rowcount
+
+    def stale_buckets(self: "Store") -> dict[str, set[int]]:
+        """Grid -> repair buckets holding records to fetch back from the server after a rejection.
+
+        Stale records of grids outside the scope, with nothing pending, are
+        simply removed here.
+        """
+        out: dict[str, set[int]] = {}
+        scope = set(self.grids())
+        with self.atomic():
+            for c, rid, grid in self._conn.execute("SELECT collection, id, grid FROM stale").fetchall():
+                if grid not in scope:
+                    self._drop_if_clean(c, rid)
+                    self._conn.execute("DELETE FROM stale WHERE collection = ? AND id = ?", (c, rid))
+                else:
+                    out.setdefault(grid, set()).add(bucket_of(c, rid))
+        return out
+
+    def rejections(self: "Store", include_dismissed: bool = False) -> list[RejectedChange]:
+        """Changes the server refused, newest last, with the values that were sent."""
+        sql = "SELECT seq, collection, id, code, message, field, created_ms, body FROM rejections"
+        if not include_dismissed:
+            sql += " WHERE dismissed = 0"
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY seq").fetchall()
+        return [
+            RejectedChange(seq, c, rid, code, msg, fld, json.loads(self._keys.open(body, "_rejection", str(seq))), ms)
+            for seq, c, rid, code, msg, fld, ms, body in rows
+        ]
+
+    def dismiss_rejection(self: "Store", seq: int) -> None:
+        """Mark a rejection as dealt with (after the worker fixed and resubmitted, or gave up)."""
+        with self.atomic():
+            self._conn.execute("UPDATE rejections SET dismissed = 1 WHERE seq = ?", (seq,))
+
+    # -- pulled pages ---------------------------------------------------------------
+    def apply_pull(self: "Store", page: PullResponse) -> PageResult:
+        """Apply one validated page, its cursors and scope changes atomically."""
+        applied = removed = 0
+        with self.atomic():
+            before = set(self.grids())
+            now = set(page.grids)
+            left = sorted(before - now)
+            entered = sorted(now - before)
+            for grid in left:
+                removed += self._purge_grid(grid)
+            for change in page.changes:
+                if change.left:
+                    removed += self._drop_if_clean(change.collection, change.id)
+                else:
+                    self._adopt(change)
+                    applied += 1
+            for grid, seq in page.cursors.items():
+                self._conn.execute("INSERT OR REPLACE INTO cursors (grid, server_seq) VALUES (?, ?)", (grid, seq))
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('grids', ?)", (json.dumps(sorted(now)),))
+        return PageResult(applied, removed, left, entered)
+
+    def _purge_grid(self: "Store", grid: str) -> int:
+        """Remove a grid that left the scope, keeping records with unsynced changes."""
+        rows = self._conn.execute("SELECT collection, id FROM records WHERE grid = ?", (grid,)).fetchall()
+        n = sum(self._drop_if_clean(c, rid) for c, rid in rows)
+        self._conn.execute("DELETE FROM cursors WHERE grid = ?", (grid,))
+        return n
+
+    def _drop_if_clean(self: "Store", collection: str, rid: str) -> int:
+        if self._has_pending(collection, rid):
+            return 0
+        self._conn.execute("DELETE FROM stale WHERE collection = ? AND id = ?", (collection, rid))
+        self._conn.execute("DELETE FROM records WHERE collection = ? AND id = ?", (collection, rid))
+        self._conn.execute("DELETE FROM search WHERE collection = ? AND id = ?", (collection, rid))
+        return 1
+
+    def _adopt(self: "Store", change: Change) -> None:
+        collection, rid = change.collection, change.id
+        found = self._row(collection, rid)
+        local: dict[str, list[Any]] = found[2] if found else {}
+        pending = self._pending_fields(collection, rid) if found else set()
+        state: dict[str, list[Any]] = {k: w.to_wire() for k, w in change.fields.items()}
+        for name in pending:
+            mine = local.get(name)
+            if mine is None:
+                continue
+            theirs = change.fields.get(name)
+            if theirs is None:
+                state[name] = mine
+            else:
+                winner, _ = merge_field(name, FieldWrite.from_wire(mine), theirs)
+                state[name] = winner.to_wire()
+        for w in change.fields.values():
+            self.clock.observe(w.stamp, clamp=True)
+        kind = self.registry.get(collection) if collection in self.registry else None
+        grid = change.grid
+        if kind is not None and pending:
+            value = state.get(kind.grid_field, [None])[0] if kind.grid_field != "id" else rid
+            grid = value if isinstance(value, str) and value else grid
+        writes = {k: v for k, v in state.items() if local.get(k) != v}
+        self._store_state(collection, kind, rid, grid, state, writes, change.stamps())
+        for gone in set(local) - set(state):
+            self._conn.execute("DELETE FROM search WHERE collection = ? AND id = ? AND field = ?", (collection, rid, gone))
+
+    def _store_state(self: "Store", collection: str, kind: Any, rid: str, grid: str,
+                     state: Mapping[str, list[Any]], writes: Mapping[str, list[Any]],
+                     server_stamps: Mapping[str, str]) -> None:
+        if kind is not None:
+            self._save(kind, rid, grid, dict(state), writes, outbox=False)
+        else:  # a kind this app does not know (a newer server): keep it as it is
+            deleted = 1 if state.get(DELETED, [False])[0] else 0
+            newest = max(w[1] for w in state.values())
+            self._conn.execute(
+                "INSERT OR REPLACE INTO records (collection, id, grid, deleted, stamp, body) VALUES (?, ?, ?, ?, ?, ?)",
+                (collection, rid, grid, deleted, newest, self._keys.seal(_dumps(dict(state)), collection, rid)),
+            )
+        self._conn.execute(
+            "UPDATE records SET server_digest = ? WHERE collection = ? AND id = ?",
+            (record_digest(collection, rid, server_stamps), collection, rid),
+        )
+
+    # -- integrity ------------------------------------------------------------------
+    def _digest_rows(self: "Store", grid: str) -> list[tuple[str, str, int]]:
+        return [
+            (c, rid, int(d)) for c, rid, d in self._conn.execute(
+                "SELECT collection, id, server_digest FROM records WHERE grid = ? AND server_digest IS NOT NULL",
+                (grid,),
+            ).fetchall()
+        ]
+
+    def grid_checksum(self: "Store", grid: str) -> int:
+        """XOR of the server digests this device holds for ``grid`` (compare with the server's)."""
+        out = 0
+        with self._lock:
+            for _, _, d in self._digest_rows(grid):
+                out ^= d
+        return out
+
+    def bucket_digests(self: "Store", grid: str) -> list[int]:
+        buckets = [0] * N_BUCKETS
+        with self._lock:
+            for c, rid, d in self._digest_rows(grid):
+                buckets[bucket_of(c, rid)] ^= d
+        return buckets
+
+    def apply_repair(self: "Store", grid: str, buckets: set[int], records: list[Change]) -> tuple[int, int]:
+        """Replace the given buckets of ``grid`` with the server's records, keeping unsynced changes.
+
+        Local records in those buckets that the server does not have, and that
+        have no pending change, are removed.  Returns (adopted, removed).
+        """
+        keep = {(c.collection, c.id) for c in records}
+        removed = 0
+        with self.atomic():
+            for c, rid in self._conn.execute(
+                "SELECT collection, id FROM records WHERE grid = ?", (grid,)
+            ).fetchall():
+                if bucket_of(c, rid) in buckets and (c, rid) not in keep:
+                    removed += self._drop_if_clean(c, rid)
+            for change in records:
+                self._adopt(change)
+            for c, rid in self._conn.execute("SELECT collection, id FROM stale WHERE grid = ?", (grid,)).fetchall():
+                if bucket_of(c, rid) in buckets and not self._has_pending(c, rid):
+                    self._conn.execute("DELETE FROM stale WHERE collection = ? AND id = ?", (c, rid))
+        return len(records), removed

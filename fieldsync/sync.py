@@ -1,0 +1,331 @@
+"""The sync client: push the outbox, then pull until caught up, repairing divergence.
+
+::
+
+    client = SyncClient(store)                       # HTTPS to the enrolled server
+    result = client.sync(progress=print)             # SyncResult with counts and bytes
+    client.status                                    # immutable SyncStatus for a UI
+
+Network errors and 5xx answers are retried with exponential backoff and full
+jitter; 4xx answers are not, except the two the protocol names
+(``timestamp_stale``: the clock offset is corrected and the request re-signed;
+``too_many_attempts``).  A push is safe to repeat: the server applies each
+outbox ``seq`` once.  Every page is validated before anything is applied.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from .errors import (
+    DeviceRevokedError,
+    NetworkError,
+    ProtocolError,
+    RequestRejected,
+    ServerError,
+    StoreError,
+)
+from .identity import Identity, load_identity, new_key, public_key_b64, save_identity
+from .protocol import (
+    DEFAULT_PULL_LIMIT,
+    H_SCHEMA,
+    N_BUCKETS,
+    bucket_of,
+    dumps,
+    parse_change,
+    parse_pull_response,
+    parse_push_response,
+)
+from .schema import SCHEMA_VERSION
+from .store import Store
+from .transport import Request, RequestsTransport, Response, Transport
+
+__all__ = ["SyncClient", "SyncStatus", "SyncProgress", "SyncResult", "enroll"]
+
+_GZIP_OVER = 1024
+
+
+@dataclass(frozen=True)
+class SyncProgress:
+    phase: str  # pushing | pulling | repairing
+    records: int  # records pushed or pulled so far in this sync
+    bytes_sent: int
+    bytes_received: int
+
+
+@dataclass(frozen=True)
+class SyncStatus:
+    """One immutable snapshot for a UI; a new one replaces it on every change."""
+
+    online: bool = False
+    phase: str = "idle"  # idle | pushing | pulling | repairing
+    pending: int = 0
+    last_synced_ms: int | None = None
+    last_error: str | None = None
+    rejections: int = 0
+    conflicts: int = 0
+    progress: SyncProgress | None = None
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    pushed: int = 0
+    rejected: int = 0
+    pulled: int = 0
+    removed: int = 0
+    repaired: int = 0
+    requests: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    seconds: float = 0.0
+    grids: list[str] = field(default_factory=list)
+
+
+def _default_transport(identity: Identity) -> Transport:
+    return RequestsTransport(identity.server_url, ca_bundle=identity.ca_bundle)
+
+
+def _decode_json(resp: Response) -> Any:
+    try:
+        return json.loads(resp.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"the server's answer is not valid JSON (status {resp.status})") from exc
+
+
+def _error_of(resp: Response) -> tuple[str, str, dict[str, Any]]:
+    try:
+        err = json.loads(resp.body)["error"]
+        return str(err["code"]), str(err["message"]), err
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return f"http_{resp.status}", f"the server answered {resp.status}", {}
+
+
+def enroll(store: Store, server_url: str, code: str, *, device_name: str = "",
+           transport: Transport | None = None, ca_bundle: str | None = None) -> Identity:
+    """Enroll this store's device with a one-time code; keeps the new key in the store."""
+    if load_identity(store) is not None:
+        raise StoreError("this store is already enrolled; use a new store to enroll again")
+    key = new_key()
+    transport = transport or RequestsTransport(server_url, ca_bundle=ca_bundle)
+    body = dumps({"code": code.strip(), "public_key": public_key_b64(key), "node_id": store.node_id,
+                  "device_name": device_name, "schema_version": SCHEMA_VERSION})
+    resp = transport.handle(Request("POST", "/v1/enroll", "", {"Content-Type": "application/json",
+                                                                H_SCHEMA: str(SCHEMA_VERSION)}, body))
+    if resp.status != 200:
+        code_, message, _ = _error_of(resp)
+        raise RequestRejected(code_, message, resp.status)
+    data = _decode_json(resp)
+    if not isinstance(data, dict) or not isinstance(data.get("device_id"), str) or not isinstance(data.get("worker_id"), str):
+        raise ProtocolError("the enrollment answer lacks device_id / worker_id")
+    identity = Identity(data["device_id"], data["worker_id"], server_url, key, ca_bundle)
+    save_identity(store, identity)
+    server_ms = data.get("server_time_ms")
+    if isinstance(server_ms, int):
+        store.set_clock_offset(server_ms - time.time_ns() // 1_000_000)
+    return identity
+
+
+class SyncClient:
+    """Syncs one store with its district server through ``transport``."""
+
+    def __init__(
+        self,
+        store: Store,
+        transport: Transport | None = None,
+        *,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        page_limit: int = DEFAULT_PULL_LIMIT,
+        push_batch: int = 500,
+        on_status: Callable[[SyncStatus], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        identity = load_identity(store)
+        if identity is None:
+            raise StoreError("this store is not enrolled yet: run 'fieldsync enroll' first")
+        self.store = store
+        self.identity = identity
+        self.transport = transport or _default_transport(identity)
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.page_limit = page_limit
+        self.push_batch = push_batch
+        self.on_status = on_status
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._status = SyncStatus(pending=store.outbox_size(), rejections=len(store.rejections()),
+                                  conflicts=self._open_conflicts(),
+                                  last_synced_ms=store.get_meta("last_synced_ms"))
+        self._requests = self._sent = self._received = 0
+
+    # -- status ------------------------------------------------------------------
+    @property
+    def status(self) -> SyncStatus:
+        return self._status
+
+    def _set_status(self, **changes: Any) -> None:
+        self._status = replace(self._status, **changes)
+        if self.on_status is not None:
+            self.on_status(self._status)
+
+    def _open_conflicts(self) -> int:
+        return sum(1 for c in self.store.list("conflicts") if c.get("status", "open") == "open")
+
+    # -- requests ----------------------------------------------------------------
+    def _call(self, path: str, payload: dict[str, Any]) -> Any:
+        """POST a signed JSON request with retries; returns the decoded answer."""
+        body = dumps(payload)
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "gzip", H_SCHEMA: str(SCHEMA_VERSION)}
+        if len(body) > _GZIP_OVER:
+            body = gzip.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        attempt = 0
+        resynced = False
+        while True:
+            signed = {**headers, **self.identity.sign("POST", path, "", body, self.store.now_ms())}
+            try:
+                resp = self.transport.handle(Request("POST", path, "", signed, body))
+                self._requests += 1
+                self._sent += len(body)
+                self._received += len(resp.body)
+                self._note_server_time(resp)
+                if resp.status >= 500:
+                    raise ServerError(f"the server failed ({resp.status})")
+            except (NetworkError, ServerError) as exc:
+                self._set_status(online=False, last_error=str(exc))
+                if attempt >= self.retries:
+                    raise
+                delay = min(self.max_backoff_s, self.backoff_s * (2 ** attempt))
+                self._sleep(self._rng.uniform(0, delay))
+                attempt += 1
+                continue
+            if resp.status == 200:
+                if not self._status.online:
+                    self._set_status(online=True)
+                return _decode_json(resp)
+            code, message, extra = _error_of(resp)
+            if code == "timestamp_stale" and not resynced and isinstance(extra.get("server_time_ms"), int):
+                self.store.set_clock_offset(extra["server_time_ms"] - time.time_ns() // 1_000_000)
+                resynced = True
+                continue
+            if code == "device_revoked":
+                raise DeviceRevokedError(message, bool(extra.get("wipe")))
+            raise RequestRejected(code, message, resp.status)
+
+    def _note_server_time(self, resp: Response) -> None:
+        text = resp.headers.get("x-fieldsync-server-time", "")
+        if text.isdigit():
+            offset = int(text) - time.time_ns() // 1_000_000
+            if abs(offset - self.store.clock_offset_ms) > 2000:
+                self.store.set_clock_offset(offset)
+
+    def _progress(self, cb: Callable[[SyncProgress], None] | None, phase: str, records: int) -> None:
+        p = SyncProgress(phase, records, self._sent, self._received)
+        self._set_status(phase=phase, progress=p)
+        if cb is not None:
+            cb(p)
+
+    # -- the sync ------------------------------------------------------------------
+    def sync(self, progress: Callable[[SyncProgress], None] | None = None) -> SyncResult:
+        """Push everything pending, then pull until caught up.  Raises SyncError subclasses."""
+        start = time.monotonic()
+        self._requests = self._sent = self._received = 0
+        try:
+            pushed, rejected, revoked = self._push(progress)
+            if revoked is not None:
+                self._revoked(revoked)
+            pulled, removed, repaired = self._pull(progress)
+        except DeviceRevokedError as exc:
+            self._revoked(exc)
+            raise
+        except Exception as exc:
+            self._set_status(phase="idle", progress=None, last_error=str(exc), pending=self.store.outbox_size())
+            raise
+        now = self.store.now_ms()
+        self.store.set_meta("last_synced_ms", now)
+        self._set_status(online=True, phase="idle", progress=None, last_error=None, last_synced_ms=now,
+                         pending=self.store.outbox_size(), rejections=len(self.store.rejections()),
+                         conflicts=self._open_conflicts())
+        return SyncResult(pushed, rejected, pulled, removed, repaired, self._requests, self._sent,
+                          self._received, time.monotonic() - start, self.store.grids())
+
+    def _revoked(self, exc: DeviceRevokedError) -> None:
+        self._set_status(online=True, phase="idle", progress=None, last_error=str(exc))
+        if exc.wipe:
+            self.store.erase()
+        raise exc
+
+    def _push(self, progress: Callable[[SyncProgress], None] | None) -> tuple[int, int, DeviceRevokedError | None]:
+        pushed = rejected = 0
+        while True:
+            entries = self.store.outbox(limit=self.push_batch)
+            if not entries:
+                return pushed, rejected, None
+            self._set_status(phase="pushing", pending=self.store.outbox_size())
+            payload = {"schema_version": SCHEMA_VERSION, "changes": [
+                {"seq": e.seq, "collection": e.collection, "id": e.id, "grid": e.grid,
+                 "fields": {k: w.to_wire() for k, w in e.fields.items()}} for e in entries]}
+            data = self._call("/v1/push", payload)
+            answer = parse_push_response(data, entries[-1].seq)
+            if answer.acked_seq < entries[0].seq:
+                raise ProtocolError(f"the server acknowledged nothing of seq {entries[0].seq}..{entries[-1].seq}")
+            self.store.apply_push_result(answer.acked_seq, answer.rejections)
+            pushed += sum(1 for e in entries if e.seq <= answer.acked_seq)
+            rejected += len({r.seq for r in answer.rejections})
+            self._progress(progress, "pushing", pushed)
+            revoked = data.get("revoked") if isinstance(data, dict) else None
+            if isinstance(revoked, dict):
+                if self.store.outbox_size() == 0 or answer.acked_seq < entries[-1].seq:
+                    return pushed, rejected, DeviceRevokedError("this device was revoked by the command centre",
+                                                                bool(revoked.get("wipe")))
+
+    def _pull(self, progress: Callable[[SyncProgress], None] | None) -> tuple[int, int, int]:
+        pulled = removed = repaired = 0
+        while True:
+            self._set_status(phase="pulling")
+            cursors = self.store.cursors()
+            sent = {g: cursors.get(g, 0) for g in set(cursors) | set(self.store.grids())}
+            data = self._call("/v1/pull", {"schema_version": SCHEMA_VERSION, "cursors": sent, "limit": self.page_limit})
+            page = parse_pull_response(data, sent, self.page_limit)
+            result = self.store.apply_pull(page)
+            pulled += result.applied
+            removed += result.removed
+            self._progress(progress, "pulling", pulled)
+            stale = self.store.stale_buckets() if not page.more else {}
+            for grid in sorted(set(page.checksums) | set(stale)):
+                forced = stale.get(grid, set())
+                if forced or self.store.grid_checksum(grid) != page.checksums.get(grid):
+                    repaired += self._repair(grid, forced, progress)
+            if not page.more:
+                return pulled, removed, repaired
+
+    def _repair(self, grid: str, forced: set[int], progress: Callable[[SyncProgress], None] | None) -> int:
+        """Fetch only the buckets of ``grid`` that differ from the server's (plus ``forced``
+        ones); unsynced local changes are kept."""
+        self._set_status(phase="repairing")
+        data = self._call("/v1/buckets", {"grid": grid})
+        theirs = data.get("buckets") if isinstance(data, dict) else None
+        if not isinstance(theirs, list) or len(theirs) != N_BUCKETS or not all(isinstance(b, int) for b in theirs):
+            raise ProtocolError("bucket digests must be a list of integers")
+        mine = self.store.bucket_digests(grid)
+        diff = sorted({i for i in range(N_BUCKETS) if mine[i] != theirs[i]} | forced)
+        if not diff:
+            return 0
+        data = self._call("/v1/repair", {"grid": grid, "buckets": diff})
+        raw = data.get("records") if isinstance(data, dict) else None
+        if not isinstance(raw, list):
+            raise ProtocolError("repair answer lacks records")
+        records = [parse_change(r, pushed=False) for r in raw]
+        if any(r.grid != grid or r.left or bucket_of(r.collection, r.id) not in diff for r in records):
+            raise ProtocolError(f"repair answer holds records outside the asked buckets of grid {grid!r}")
+        adopted, dropped = self.store.apply_repair(grid, set(diff), records)
+        self._progress(progress, "repairing", adopted)
+        return adopted + dropped

@@ -1,0 +1,175 @@
+"""The server's storage seam: one small interface, two backends.
+
+``connect(url)`` returns a :class:`Database` for ``sqlite:///path`` (the
+embedded default: one file) or ``postgresql://...`` (psycopg 3, for districts
+that run several server processes on one database).  All server logic is
+written once against :class:`Tx`, in SQL both engines accept; the few
+differences (placeholders, row locks, the upsert of a counter) live here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+__all__ = ["Database", "Tx", "connect", "SCHEMA"]
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS workers (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL DEFAULT 'worker',
+        department TEXT, password_hash TEXT)""",
+    """CREATE TABLE IF NOT EXISTS assignments (
+        worker_id TEXT NOT NULL, grid_id TEXT NOT NULL, PRIMARY KEY (worker_id, grid_id))""",
+    """CREATE TABLE IF NOT EXISTS enroll_codes (
+        code_hash TEXT PRIMARY KEY, worker_id TEXT NOT NULL, expires_ms BIGINT NOT NULL,
+        used_ms BIGINT, created_ms BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS enroll_attempts (
+        source TEXT NOT NULL, at_ms BIGINT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS enroll_attempts_source ON enroll_attempts (source, at_ms)",
+    """CREATE TABLE IF NOT EXISTS devices (
+        id TEXT PRIMARY KEY, worker_id TEXT NOT NULL, public_key TEXT NOT NULL UNIQUE,
+        node_id TEXT NOT NULL, name TEXT NOT NULL DEFAULT '', schema_version INTEGER NOT NULL DEFAULT 1,
+        enrolled_ms BIGINT NOT NULL, last_seen_ms BIGINT, revoked_ms BIGINT, wipe INTEGER NOT NULL DEFAULT 0,
+        last_seq BIGINT NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS nonces (
+        device_id TEXT NOT NULL, nonce TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (device_id, nonce))""",
+    "CREATE INDEX IF NOT EXISTS nonces_age ON nonces (at_ms)",
+    """CREATE TABLE IF NOT EXISTS grid_state (
+        grid TEXT PRIMARY KEY, seq BIGINT NOT NULL DEFAULT 0, checksum BIGINT NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS records (
+        collection TEXT NOT NULL, id TEXT NOT NULL, grid TEXT NOT NULL, server_seq BIGINT NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0, digest BIGINT NOT NULL, body TEXT NOT NULL, updated_ms BIGINT NOT NULL,
+        PRIMARY KEY (collection, id))""",
+    "CREATE INDEX IF NOT EXISTS records_pull ON records (grid, server_seq)",
+    """CREATE TABLE IF NOT EXISTS departures (
+        grid TEXT NOT NULL, server_seq BIGINT NOT NULL, collection TEXT NOT NULL, id TEXT NOT NULL,
+        PRIMARY KEY (grid, server_seq))""",
+    """CREATE TABLE IF NOT EXISTS rejections (
+        device_id TEXT NOT NULL, seq BIGINT NOT NULL, collection TEXT NOT NULL, id TEXT NOT NULL,
+        code TEXT NOT NULL, message TEXT NOT NULL, field TEXT, created_ms BIGINT NOT NULL,
+        PRIMARY KEY (device_id, seq))""",
+    """CREATE TABLE IF NOT EXISTS audit_log (
+        n BIGINT PRIMARY KEY, at_ms BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+        object TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS server_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+]
+
+
+class Tx:
+    """One open transaction.  ``?`` placeholders work on both backends."""
+
+    def __init__(self, cursor: Any, dialect: str) -> None:
+        self._cur = cursor
+        self.dialect = dialect
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> "Tx":
+        if self.dialect == "postgresql":
+            sql = sql.replace("?", "%s")
+        self._cur.execute(sql, tuple(params))
+        return self
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        if self.dialect == "postgresql":
+            sql = sql.replace("?", "%s")
+        self._cur.executemany(sql, [tuple(r) for r in rows])
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        self.execute(sql, params)
+        row = self._cur.fetchone()
+        return tuple(row) if row is not None else None
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.execute(sql, params)
+        return [tuple(r) for r in self._cur.fetchall()]
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cur.rowcount)
+
+    def for_update(self) -> str:
+        """Row-lock suffix for SELECT (SQLite already holds the write lock)."""
+        return " FOR UPDATE" if self.dialect == "postgresql" else ""
+
+
+class Database:
+    """A server database; one connection per thread, created on first use."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            self.dialect = "sqlite"
+            self._path = url[len("sqlite:///"):]
+            if not self._path:
+                raise ValueError("sqlite URL needs a path: sqlite:///district.db")
+        elif url.startswith(("postgresql://", "postgres://")):
+            self.dialect = "postgresql"
+        else:
+            raise ValueError(f"unsupported database URL {url!r}; use sqlite:///path or postgresql://...")
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.dialect == "sqlite":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self._path, timeout=60, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA busy_timeout=60000")
+            else:
+                import psycopg
+
+                conn = psycopg.connect(self.url, autocommit=True)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """A serialisable-enough write transaction: SQLite takes the write lock
+        up front (BEGIN IMMEDIATE); PostgreSQL relies on row locks (FOR UPDATE
+        on the per-grid counter and the device row)."""
+        conn = self._connection()
+        if self.dialect == "sqlite":
+            cur = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield Tx(cur, "sqlite")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+        else:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    yield Tx(cur, "postgresql")
+
+    def create_schema(self) -> None:
+        with self.transaction() as tx:
+            for stmt in SCHEMA:
+                tx.execute(stmt)
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+
+def connect(url: str) -> Database:
+    """Open (and create if needed) the server database at ``url``."""
+    db = Database(url)
+    db.create_schema()
+    return db

@@ -1,0 +1,294 @@
+"""The district server's operations, independent of HTTP: :class:`District`.
+
+The HTTP app (``server_stub.app``), the admin CLI and the jobs all call
+these methods, so every path goes through the same scope rule, merge and
+audit code.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Iterable, Mapping
+
+from fieldsync.clock import HybridClock
+from fieldsync.errors import ProtocolError
+from fieldsync.merge import FieldWrite
+from fieldsync.protocol import (
+    DEFAULT_PULL_LIMIT,
+    MAX_PULL_LIMIT,
+    MAX_PUSH_CHANGES,
+    MIN_SCHEMA_VERSION,
+    N_BUCKETS,
+    Rejection,
+    parse_change,
+)
+from fieldsync.schema import SCHEMA_VERSION, Registry, default_registry
+
+from . import audit, auth
+from .auth import ApiError, Device
+from .db import Database, Tx, connect
+from .replica import Actor, Refused, apply_writes, bucket_digests, bucket_records, page
+
+__all__ = ["District"]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, "bad_request", message)
+
+
+def _schema_version(body: Mapping[str, Any]) -> int:
+    v = body.get("schema_version")
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _bad("schema_version must be an integer")
+    if v < MIN_SCHEMA_VERSION:
+        raise ApiError(426, "schema_unsupported", f"schema version {v} is too old; this server needs >= {MIN_SCHEMA_VERSION}")
+    return v
+
+
+class District:
+    """One district's server state over a :class:`~server_stub.db.Database`."""
+
+    def __init__(self, db: Database | str, registry: Registry | None = None) -> None:
+        self.db = connect(db) if isinstance(db, str) else db
+        self.registry = registry if registry is not None else default_registry()
+        # A node id per process: two server processes never issue the same stamp.
+        self.clock = HybridClock(f"srv-{os.getpid()}-{os.urandom(3).hex()}")
+
+    # -- devices -------------------------------------------------------------
+    def enroll(self, body: Mapping[str, Any], source: str) -> dict[str, Any]:
+        code, key, node = body.get("code"), body.get("public_key"), body.get("node_id")
+        name = body.get("device_name", "")
+        if not isinstance(code, str) or not code or len(code) > 64:
+            raise _bad("code must be the enrollment code text")
+        if not isinstance(node, str) or not node or len(node) > 40 or not node.replace("-", "").isalnum():
+            raise _bad("node_id must be 1-40 letters, digits or -")
+        if not isinstance(name, str):
+            raise _bad("device_name must be text")
+        if not isinstance(key, str):
+            raise _bad("public_key must be base64 text")
+        version = _schema_version(body)
+        device, grids = auth.enroll(self.db, code, key, node, name, version, source)
+        return {"device_id": device.id, "worker_id": device.worker_id, "grids": grids,
+                "schema_version": SCHEMA_VERSION, "server_time_ms": _now_ms()}
+
+    def authenticate(self, method: str, path: str, query: str, body: bytes, headers: dict[str, str]) -> Device:
+        return auth.verify_request(self.db, method, path, query, body, headers)
+
+    def _actor(self, tx: Tx, device: Device) -> Actor:
+        return Actor(device.id, "worker", frozenset(auth.scope_of(tx, device.worker_id)))
+
+    # -- sync ----------------------------------------------------------------
+    def push(self, device: Device, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply a device's changes exactly once, in seq order; see docs/protocol.md."""
+        _schema_version(body)
+        raw = body.get("changes")
+        if not isinstance(raw, list):
+            raise _bad("changes must be a list")
+        if len(raw) > MAX_PUSH_CHANGES:
+            raise ApiError(413, "too_many_changes", f"at most {MAX_PUSH_CHANGES} changes per push")
+        try:
+            changes = [parse_change(c, pushed=True) for c in raw]
+        except ProtocolError as exc:
+            raise _bad(str(exc)) from None
+        seqs = [c.seq for c in changes]
+        if any(b <= a for a, b in zip(seqs, seqs[1:])):
+            raise _bad("changes must be in strictly increasing seq order")
+        first = seqs[0] if seqs else 0
+        with self.db.transaction() as tx:
+            row = tx.one(f"SELECT last_seq FROM devices WHERE id = ?{tx.for_update()}", (device.id,))
+            assert row is not None
+            last = int(row[0])
+            actor = self._actor(tx, device)
+            applied = 0
+            for change in changes:
+                if change.seq <= last:
+                    continue  # already applied: a retry after a lost response
+                try:
+                    apply_writes(tx, self.registry, self.clock, actor, change.collection, change.id, change.fields)
+                    applied += 1
+                except Refused as exc:
+                    tx.execute(
+                        "INSERT INTO rejections (device_id, seq, collection, id, code, message, field, created_ms) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (device.id, change.seq, change.collection, change.id, exc.code, exc.message, exc.field, _now_ms()),
+                    )
+                    if exc.code == "out_of_scope":
+                        audit.append(tx, f"device:{device.id}", "authz.refused_write", f"{change.collection}:{change.id}",
+                                     {"grid": change.grid})
+                last = change.seq
+            tx.execute("UPDATE devices SET last_seq = ? WHERE id = ?", (last, device.id))
+            rejections = [
+                Rejection(int(r[0]), r[1], r[2], r[3], r[4], r[5]).to_wire()
+                for r in tx.all(
+                    "SELECT seq, collection, id, code, message, field FROM rejections "
+                    "WHERE device_id = ? AND seq >= ? AND seq <= ? ORDER BY seq",
+                    (device.id, first, last),
+                )
+            ]
+        if device.revoked:
+            with self.db.transaction() as tx:
+                audit.append(tx, f"device:{device.id}", "device.final_push", f"device:{device.id}", {"applied": applied})
+        answer = {"acked_seq": last, "rejections": rejections, "applied": applied,
+                  "more_to_pull": applied > 0 and not device.revoked, "server_time_ms": _now_ms()}
+        if device.revoked:
+            answer["revoked"] = {"wipe": device.wipe}
+        return answer
+
+    def pull(self, device: Device, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The next page of changes for the device's grids after its cursors."""
+        device.refuse_if_revoked()
+        _schema_version(body)
+        cursors = body.get("cursors", {})
+        if not isinstance(cursors, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in cursors.items()
+        ):
+            raise _bad("cursors must map grid ids to integers >= 0")
+        limit = body.get("limit", DEFAULT_PULL_LIMIT)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PULL_LIMIT:
+            raise _bad(f"limit must be an integer from 1 to {MAX_PULL_LIMIT}")
+        with self.db.transaction() as tx:
+            grids = auth.scope_of(tx, device.worker_id)
+            changes, out_cursors, checksums, more = page(tx, grids, cursors, limit)
+        return {
+            "changes": [c.to_wire() for c in changes],
+            "cursors": out_cursors,
+            "checksums": checksums,
+            "grids": grids,
+            "more": more,
+            "server_time_ms": _now_ms(),
+        }
+
+    def _scoped_grid(self, tx: Tx, device: Device, body: Mapping[str, Any]) -> str:
+        grid = body.get("grid")
+        if not isinstance(grid, str):
+            raise _bad("grid must be a grid id")
+        if grid not in auth.scope_of(tx, device.worker_id):
+            audit.append(tx, f"device:{device.id}", "authz.refused_read", f"grid:{grid[:64]}", {})
+            raise ApiError(403, "out_of_scope", "this grid is not assigned to you")
+        return grid
+
+    def buckets(self, device: Device, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Per-bucket digests of one grid, for finding where a device diverged."""
+        device.refuse_if_revoked()
+        refused: ApiError | None = None
+        with self.db.transaction() as tx:
+            try:
+                grid = self._scoped_grid(tx, device, body)
+            except ApiError as exc:
+                refused = exc
+            else:
+                seq, digests = bucket_digests(tx, grid)
+        if refused:
+            raise refused
+        return {"grid": grid, "seq": seq, "buckets": digests, "server_time_ms": _now_ms()}
+
+    def repair(self, device: Device, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Every record of the asked buckets of one grid (the server's version)."""
+        device.refuse_if_revoked()
+        wanted = body.get("buckets")
+        if not isinstance(wanted, list) or not all(
+            isinstance(b, int) and not isinstance(b, bool) and 0 <= b < N_BUCKETS for b in wanted
+        ):
+            raise _bad(f"buckets must be a list of integers 0..{N_BUCKETS - 1}")
+        refused: ApiError | None = None
+        with self.db.transaction() as tx:
+            try:
+                grid = self._scoped_grid(tx, device, body)
+            except ApiError as exc:
+                refused = exc
+            else:
+                seq, records = bucket_records(tx, grid, set(wanted))
+        if refused:
+            raise refused
+        return {"grid": grid, "seq": seq, "buckets": sorted(set(wanted)),
+                "records": [c.to_wire() for c in records], "server_time_ms": _now_ms()}
+
+    # -- administration ------------------------------------------------------
+    def add_worker(self, worker_id: str, name: str, role: str = "worker", department: str | None = None) -> None:
+        with self.db.transaction() as tx:
+            tx.execute("INSERT INTO workers (id, name, role, department) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT (id) DO UPDATE SET name = excluded.name, role = excluded.role, "
+                       "department = excluded.department", (worker_id, name, role, department))
+            audit.append(tx, "admin", "worker.upsert", f"worker:{worker_id}", {"role": role})
+
+    def assign(self, worker_id: str, grid_id: str, actor: str = "admin") -> None:
+        """Put ``grid_id`` in the worker's scope (their devices get it on the next pull)."""
+        with self.db.transaction() as tx:
+            if tx.one("SELECT 1 FROM workers WHERE id = ?", (worker_id,)) is None:
+                raise ApiError(404, "worker_unknown", f"no worker {worker_id!r}")
+            tx.execute("INSERT INTO assignments (worker_id, grid_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                       (worker_id, grid_id))
+            audit.append(tx, actor, "assignment.add", f"worker:{worker_id}", {"grid": grid_id})
+
+    def unassign(self, worker_id: str, grid_id: str, actor: str = "admin") -> None:
+        with self.db.transaction() as tx:
+            tx.execute("DELETE FROM assignments WHERE worker_id = ? AND grid_id = ?", (worker_id, grid_id))
+            audit.append(tx, actor, "assignment.remove", f"worker:{worker_id}", {"grid": grid_id})
+
+    def issue_code(self, worker_id: str, ttl_s: int = auth.CODE_TTL_S) -> tuple[str, int]:
+        return auth.issue_code(self.db, worker_id, ttl_s)
+
+    def devices(self) -> list[dict[str, Any]]:
+        with self.db.transaction() as tx:
+            rows = tx.all("SELECT id, worker_id, name, enrolled_ms, last_seen_ms, revoked_ms, wipe, last_seq "
+                          "FROM devices ORDER BY enrolled_ms")
+        keys = ("id", "worker_id", "name", "enrolled_ms", "last_seen_ms", "revoked_ms", "wipe", "last_seq")
+        return [dict(zip(keys, r)) for r in rows]
+
+    def revoke(self, device_id: str, wipe: bool = False, actor: str = "admin") -> None:
+        with self.db.transaction() as tx:
+            tx.execute("UPDATE devices SET revoked_ms = ?, wipe = ? WHERE id = ? AND revoked_ms IS NULL",
+                       (_now_ms(), 1 if wipe else 0, device_id))
+            if tx.rowcount != 1:
+                raise ApiError(404, "device_unknown", f"no active device {device_id!r}")
+            audit.append(tx, actor, "device.revoke", f"device:{device_id}", {"wipe": wipe})
+
+    def write(self, actor: Actor, collection: str, rid: str, values: Mapping[str, Any]) -> None:
+        """A server-side write (command centre, department, job) with server stamps."""
+        with self.db.transaction() as tx:
+            row = tx.one("SELECT body FROM records WHERE collection = ? AND id = ?", (collection, rid))
+            from .replica import load_state
+
+            current = load_state(row[0]) if row else {}
+            writes = {}
+            for name, value in values.items():
+                cur = current.get(name)
+                writes[name] = FieldWrite(value, self.clock.now(), cur.stamp if cur else None)
+            try:
+                apply_writes(tx, self.registry, self.clock, actor, collection, rid, writes)
+            except Refused as exc:
+                raise ApiError(409 if exc.code == "transition_not_allowed" else 400, exc.code, exc.message) from None
+
+    def write_many(self, actor: Actor, collection: str, records: Iterable[Mapping[str, Any]]) -> int:
+        """Bulk server-side creation (demo data, imports) in one transaction."""
+        n = 0
+        with self.db.transaction() as tx:
+            for record in records:
+                rid = str(record["id"])
+                writes = {k: FieldWrite(v, self.clock.now(), None) for k, v in record.items() if k != "id" and v is not None}
+                try:
+                    apply_writes(tx, self.registry, self.clock, actor, collection, rid, writes)
+                except Refused as exc:
+                    raise ApiError(400, exc.code, f"{collection}/{rid}: {exc.message}") from None
+                n += 1
+        return n
+
+    def get(self, collection: str, rid: str) -> dict[str, Any] | None:
+        """The server's current values of one record (None if absent)."""
+        from fieldsync.merge import values_of
+
+        from .replica import load_state
+
+        with self.db.transaction() as tx:
+            row = tx.one("SELECT body FROM records WHERE collection = ? AND id = ?", (collection, rid))
+        if row is None:
+            return None
+        return {"id": rid, **values_of(load_state(row[0]))}
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,234 @@
+"""The server's copy of every grid: applying writes, paging changes out, repair.
+
+All writes — a device's push, a command-centre action, a job — go through
+:func:`apply_writes`, which merges with :mod:`fieldsync.merge` (the same code
+the devices run), validates the merged record, checks scope and workflow,
+gives the change the next ``server_seq`` of its grid (the per-grid counter
+row is locked inside the same transaction, so sequence numbers commit in
+order and a reader never sees a gap), keeps the grid checksum current and
+records concurrent overwrites in the ``conflicts`` collection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from fieldsync.clock import HybridClock
+from fieldsync.errors import UnknownKindError, ValidationError
+from fieldsync.merge import DELETED, Conflict, FieldWrite, is_deleted, merge_states, values_of
+from fieldsync.protocol import Change, bucket_of, record_digest
+from fieldsync.schema import Registry
+from fieldsync.workflow import WORKER_PROTECTED_FIELDS, transition_allowed
+
+from .db import Tx
+
+__all__ = ["Refused", "Actor", "apply_writes", "next_seq", "load_state", "page", "bucket_digests", "bucket_records"]
+
+
+class Refused(Exception):
+    """A change the server will not apply; becomes a rejection with ``code``."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        self.code = code
+        self.message = message
+        self.field = field
+        super().__init__(f"{code}: {message}")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is writing: a worker's device (scoped to ``grids``) or a server role."""
+
+    id: str
+    role: str  # worker | command | department | job
+    grids: frozenset[str] | None = None  # None: every grid (server roles)
+
+    def may_touch(self, grid: str) -> bool:
+        return self.grids is None or grid in self.grids
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def next_seq(tx: Tx, grid: str, checksum_delta: int = 0) -> int:
+    """Advance the grid's counter (creating it if new) and fold ``checksum_delta`` in."""
+    row = tx.one(f"SELECT seq, checksum FROM grid_state WHERE grid = ?{tx.for_update()}", (grid,))
+    if row is None:
+        tx.execute("INSERT INTO grid_state (grid, seq, checksum) VALUES (?, 0, 0) ON CONFLICT (grid) DO NOTHING", (grid,))
+        row = tx.one(f"SELECT seq, checksum FROM grid_state WHERE grid = ?{tx.for_update()}", (grid,))
+        assert row is not None
+    seq = int(row[0]) + 1
+    tx.execute("UPDATE grid_state SET seq = ?, checksum = ? WHERE grid = ?", (seq, int(row[1]) ^ checksum_delta, grid))
+    return seq
+
+
+def load_state(body: str) -> dict[str, FieldWrite]:
+    return {k: FieldWrite.from_wire(v) for k, v in json.loads(body).items()}
+
+
+def _dump_state(state: Mapping[str, FieldWrite]) -> str:
+    return json.dumps({k: w.to_wire() for k, w in state.items()}, ensure_ascii=False, separators=(",", ":"))
+
+
+def apply_writes(
+    tx: Tx,
+    registry: Registry,
+    clock: HybridClock,
+    actor: Actor,
+    collection: str,
+    rid: str,
+    writes: Mapping[str, FieldWrite],
+) -> list[Conflict]:
+    """Merge ``writes`` into record ``collection/rid``; raises :class:`Refused`.
+
+    Nothing is written when it raises.  Returns the conflicts recorded.
+    """
+    try:
+        kind = registry.get(collection)
+    except UnknownKindError:
+        raise Refused("unknown_kind", f"no record kind {collection!r} on this server") from None
+    if collection == "conflicts" and actor.role == "worker" and set(writes) - {"status"}:
+        raise Refused("field_not_allowed", "only the status of a conflict can be changed", "status")
+    row = tx.one(f"SELECT grid, body, digest FROM records WHERE collection = ? AND id = ?{tx.for_update()}",
+                 (collection, rid))
+    old_grid, old_state, old_digest = (row[0], load_state(row[1]), int(row[2])) if row else (None, {}, 0)
+    if old_grid is not None and not actor.may_touch(old_grid):
+        raise Refused("out_of_scope", "this record belongs to a grid you are not assigned to")
+    # Clamp stamps from the future: a tablet with a wrong clock cannot win every conflict.
+    kept = {}
+    for name, w in writes.items():
+        stamp = clock.observe(w.stamp, clamp=True)
+        kept[name] = w if stamp == w.stamp else FieldWrite(w.value, stamp, w.base)
+    result = merge_states(old_state, kept)
+    values = values_of(result.state)
+    values["id"] = rid
+    try:
+        validated = kind.validate(values)
+        new_grid = kind.grid_of(validated)
+    except ValidationError as exc:
+        raise Refused("validation_failed", str(exc), exc.field) from None
+    if not actor.may_touch(new_grid):
+        raise Refused("out_of_scope", f"grid {new_grid!r} is not assigned to you", kind.grid_field)
+    if collection == "reports" and actor.role != "job":
+        _check_report(actor, old_state, result.state, result.changed)
+    if not result.changed and not result.conflicts:
+        return []
+    if result.changed:
+        _store(tx, collection, rid, result.state, old_grid, old_digest, new_grid)
+    for conflict in result.conflicts:
+        _record_conflict(tx, registry, clock, collection, rid, new_grid, conflict)
+    return result.conflicts
+
+
+def _check_report(actor: Actor, old: Mapping[str, FieldWrite], new: Mapping[str, FieldWrite], changed: set[str]) -> None:
+    if actor.role == "worker":
+        for name in changed & WORKER_PROTECTED_FIELDS:
+            raise Refused("field_not_allowed", f"reports.{name} is set by the command centre", name)
+    if "status" in changed or not old:
+        before = old["status"].value if "status" in old else None
+        after = new["status"].value if "status" in new else None
+        if after is None:
+            raise Refused("validation_failed", "reports.status: is required", "status")
+        if not transition_allowed(actor.role, before, after):
+            raise Refused("transition_not_allowed",
+                          f"a {actor.role} may not move a report from {before or 'new'} to {after}", "status")
+
+
+def _store(tx: Tx, collection: str, rid: str, state: Mapping[str, FieldWrite],
+           old_grid: str | None, old_digest: int, new_grid: str) -> None:
+    digest = record_digest(collection, rid, {k: w.stamp.encode() for k, w in state.items()})
+    if old_grid is not None and old_grid != new_grid:
+        # The record leaves its old grid: devices there get a departure.
+        leave_seq = next_seq(tx, old_grid, old_digest)
+        tx.execute("INSERT INTO departures (grid, server_seq, collection, id) VALUES (?, ?, ?, ?)",
+                   (old_grid, leave_seq, collection, rid))
+        old_digest = 0
+    seq = next_seq(tx, new_grid, old_digest ^ digest)
+    deleted = 1 if is_deleted(state) else 0
+    tx.execute(
+        "INSERT INTO records (collection, id, grid, server_seq, deleted, digest, body, updated_ms) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (collection, id) DO UPDATE SET grid = excluded.grid, "
+        "server_seq = excluded.server_seq, deleted = excluded.deleted, digest = excluded.digest, "
+        "body = excluded.body, updated_ms = excluded.updated_ms",
+        (collection, rid, new_grid, seq, deleted, digest, _dump_state(state), _now_ms()),
+    )
+
+
+def _record_conflict(tx: Tx, registry: Registry, clock: HybridClock, collection: str, rid: str,
+                     grid: str, conflict: Conflict) -> None:
+    cid = "c" + hashlib.sha256("|".join((collection, rid, *conflict.key())).encode()).hexdigest()[:31]
+    if tx.one("SELECT 1 FROM records WHERE collection = 'conflicts' AND id = ?", (cid,)):
+        return
+    stamp = clock.now()
+    values = {
+        "grid_id": grid, "collection": collection, "record_id": rid, "field": conflict.field,
+        "kept_value": conflict.winner.value, "kept_stamp": conflict.winner.stamp.encode(),
+        "lost_value": conflict.loser.value, "lost_stamp": conflict.loser.stamp.encode(), "status": "open",
+    }
+    state = {k: FieldWrite(v, stamp, None) for k, v in values.items() if v is not None}
+    _store(tx, "conflicts", cid, state, None, 0, grid)
+
+
+def page(tx: Tx, grids: Iterable[str], cursors: Mapping[str, int], limit: int) -> tuple[list[Change], dict[str, int], dict[str, int], bool]:
+    """Changes after each grid's cursor, oldest first, at most ``limit`` in all.
+
+    Returns (changes, new cursors, checksums of the grids this page caught up
+    on, more).  Call inside one transaction so counters and rows agree.
+    """
+    changes: list[Change] = []
+    out_cursors: dict[str, int] = {}
+    checksums: dict[str, int] = {}
+    more = False
+    for grid in sorted(grids):
+        cursor = int(cursors.get(grid, 0))
+        state = tx.one("SELECT seq, checksum FROM grid_state WHERE grid = ?", (grid,))
+        top, checksum = (int(state[0]), int(state[1])) if state else (0, 0)
+        room = limit - len(changes)
+        rows: list[tuple[Any, ...]] = []
+        if room > 0 and cursor < top:
+            rows = tx.all(
+                "SELECT server_seq, collection, id, body FROM records WHERE grid = ? AND server_seq > ? "
+                "UNION ALL SELECT server_seq, collection, id, NULL FROM departures WHERE grid = ? AND server_seq > ? "
+                "ORDER BY server_seq LIMIT ?",
+                (grid, cursor, grid, cursor, room),
+            )
+        for seq, collection, rid, body in rows:
+            if body is None:
+                changes.append(Change(collection, rid, grid, {}, server_seq=int(seq), left=True))
+            else:
+                changes.append(Change(collection, rid, grid, load_state(body), server_seq=int(seq)))
+        new_cursor = int(rows[-1][0]) if rows else cursor
+        out_cursors[grid] = new_cursor
+        if new_cursor >= top:
+            checksums[grid] = checksum
+        else:
+            more = True
+    return changes, out_cursors, checksums, more
+
+
+def bucket_digests(tx: Tx, grid: str) -> tuple[int, list[int]]:
+    """The grid's counter and the XOR of record digests in each repair bucket."""
+    from fieldsync.protocol import N_BUCKETS
+
+    state = tx.one("SELECT seq FROM grid_state WHERE grid = ?", (grid,))
+    buckets = [0] * N_BUCKETS
+    for collection, rid, digest in tx.all("SELECT collection, id, digest FROM records WHERE grid = ?", (grid,)):
+        buckets[bucket_of(collection, rid)] ^= int(digest)
+    return (int(state[0]) if state else 0), buckets
+
+
+def bucket_records(tx: Tx, grid: str, buckets: set[int]) -> tuple[int, list[Change]]:
+    """Every record of the grid in the given buckets, with the grid counter."""
+    state = tx.one("SELECT seq FROM grid_state WHERE grid = ?", (grid,))
+    out = []
+    for seq, collection, rid, body in tx.all(
+        "SELECT server_seq, collection, id, body FROM records WHERE grid = ? ORDER BY server_seq", (grid,)
+    ):
+        if bucket_of(collection, rid) in buckets:
+            out.append(Change(collection, rid, grid, load_state(body), server_seq=int(seq)))
+    return (int(state[0]) if state else 0), out
