@@ -148,18 +148,89 @@ def change_pin(store_path: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @_friendly
 def status(store_path: Path, as_json: bool) -> None:
-    """Show record counts, changes waiting to sync and attachments."""
+    """Show record counts, pending changes, last sync, rejections and conflicts."""
+    from .identity import load_identity
+
     with open_store(store_path) as store:
         st = store.status()
-    data = {"records": st.records, "pending_changes": st.outbox, "attachments": st.attachments}
+        identity = load_identity(store)
+        last = store.get_meta("last_synced_ms")
+        rejections = store.rejections()
+        conflicts = [c for c in store.list("conflicts") if c.get("status", "open") == "open"]
+        grids = store.grids()
+    records = {k: v for k, v in st.records.items() if k != "conflicts"}
+    data = {
+        "records": records, "pending_changes": st.outbox, "attachments": st.attachments,
+        "enrolled": identity is not None, "server": identity.server_url if identity else None,
+        "device_id": identity.device_id if identity else None, "grids": grids,
+        "last_sync_ms": last, "rejections": len(rejections), "conflicts": len(conflicts),
+    }
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False))
         return
     click.echo(f"Store: {store_path}")
-    for name, n in st.records.items():
+    for name, n in records.items():
         click.echo(f"  {name:<12} {n:>7}")
     click.echo(f"Pending changes: {st.outbox}")
     click.echo(f"Attachments:     {st.attachments}")
+    if identity is None:
+        click.echo("Not enrolled (fieldsync enroll --store PATH --server URL --code CODE)")
+        return
+    click.echo(f"Server:          {identity.server_url} (device {identity.device_id}, grids {', '.join(grids) or '-'})")
+    click.echo(f"Last sync:       {_when(last)}")
+    click.echo(f"Rejections:      {len(rejections)}")
+    for r in rejections:
+        click.echo(f"  #{r.seq} {r.collection}/{r.id}: {r.code}: {r.message}")
+    click.echo(f"Conflicts:       {len(conflicts)}")
+    for c in conflicts:
+        click.echo(f"  {c['collection']}/{c['record_id']}.{c['field']}: kept one value, another was overwritten")
+
+
+def _when(ms: int | None) -> str:
+    if not ms:
+        return "never"
+    from datetime import datetime
+
+    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@main.command()
+@STORE_OPTION
+@click.option("--server", "server_url", required=True, help="District server address, https://host[:port].")
+@click.option("--code", required=True, help="One-time enrollment code from the command centre.")
+@click.option("--name", "device_name", default="", help="A name for this device, shown to the command centre.")
+@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM file of the district's own certificate authority.")
+@_friendly
+def enroll(store_path: Path, server_url: str, code: str, device_name: str, ca_bundle: str | None) -> None:
+    """Enroll this store's device with the district server (once)."""
+    from .sync import enroll as do_enroll
+
+    with open_store(store_path) as store:
+        identity = do_enroll(store, server_url, code, device_name=device_name, ca_bundle=ca_bundle)
+    click.echo(f"Enrolled as device {identity.device_id} for worker {identity.worker_id}")
+
+
+@main.command()
+@STORE_OPTION
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@_friendly
+def sync(store_path: Path, quiet: bool) -> None:
+    """Send pending changes and fetch what changed on the server.  Exit status 1 on failure."""
+    from .sync import SyncClient, SyncProgress
+
+    def show(p: SyncProgress) -> None:
+        if not quiet:
+            click.echo(f"\r{p.phase:<10} {p.records:>7} records  {p.bytes_sent / 1024:>8.1f} KiB sent  "
+                       f"{p.bytes_received / 1024:>8.1f} KiB received", nl=False, err=True)
+
+    with open_store(store_path) as store:
+        result = SyncClient(store).sync(progress=show)
+    if not quiet:
+        click.echo("", err=True)
+    click.echo(f"Synced: {result.pushed} sent, {result.rejected} rejected, {result.pulled} received, "
+               f"{result.removed} removed, {result.repaired} repaired in {result.seconds:.1f} s "
+               f"({result.requests} requests)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -522,6 +522,8 @@ class Store(ReplicaMixin):
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+            # The key wrapped under the old PIN must not linger in WAL frames.
+            self._scrub(self._conn)
 
     def erase(self) -> None:
         """Crypto-erase: destroy the wrapped data key, so the data can never be read again."""

@@ -195,7 +195,7 @@ class SyncClient:
                 resp = self.transport.handle(Request("POST", path, "", signed, body))
                 self._requests += 1
                 self._sent += len(body)
-                self._received += len(resp.body)
+                self._received += resp.size_on_wire
                 self._note_server_time(resp)
                 if resp.status >= 500:
                     raise ServerError(f"the server failed ({resp.status})")

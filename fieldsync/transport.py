@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import threading
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from .errors import NetworkError
 
@@ -41,6 +43,27 @@ class Response:
     status: int
     headers: dict[str, str]  # lower-case names
     body: bytes  # already decoded from any Content-Encoding
+    wire_bytes: int = -1  # body size as it crossed the network (-1: same as body)
+
+    @property
+    def size_on_wire(self) -> int:
+        return len(self.body) if self.wire_bytes < 0 else self.wire_bytes
+
+
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+
+
+def _gunzip_limited(data: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit)
+    except zlib.error as exc:
+        raise NetworkError("the server's compressed answer is corrupt or cut off") from exc
+    if inflater.unconsumed_tail:
+        raise NetworkError(f"the server's answer is larger than {limit} bytes")
+    if not inflater.eof:
+        raise NetworkError("the server's compressed answer was cut off")
+    return out
 
 
 class Transport(Protocol):
@@ -68,6 +91,7 @@ class RequestsTransport:
         connect_timeout: float = 10.0,
         ca_bundle: str | None = None,
         allow_insecure_http: bool = False,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -81,16 +105,31 @@ class RequestsTransport:
         self.timeout = (connect_timeout, timeout)
         self.session = requests.Session()
         self.session.verify = ca_bundle if ca_bundle else True
+        self.max_response_bytes = max_response_bytes
 
     def handle(self, request: Request) -> Response:
         url = self.base_url + request.path + (f"?{request.query}" if request.query else "")
         try:
             r = self.session.request(request.method, url, data=request.body, headers=request.headers,
-                                     timeout=self.timeout)
-            body = r.content  # requests decodes gzip responses
-        except requests.RequestException as exc:
+                                     timeout=self.timeout, stream=True)
+            try:
+                raw = bytearray()
+                for chunk in r.raw.stream(64 * 1024, decode_content=False):
+                    raw += chunk
+                    if len(raw) > self.max_response_bytes:
+                        raise NetworkError(f"the server's answer is larger than {self.max_response_bytes} bytes")
+            finally:
+                r.close()
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise NetworkError(f"could not reach the server: {type(exc).__name__}") from exc
-        return Response(r.status_code, {k.lower(): v for k, v in r.headers.items()}, body)
+        headers = {k.lower(): v for k, v in r.headers.items()}
+        body = bytes(raw)
+        if headers.get("content-encoding", "").lower() == "gzip":
+            body = _gunzip_limited(body, self.max_response_bytes)
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) != len(raw):
+            raise NetworkError("the server's answer was cut off")
+        return Response(r.status_code, headers, body, len(raw))
 
     def close(self) -> None:
         self.session.close()
@@ -140,12 +179,11 @@ class ASGITransport:
                 chunks.append(message.get("body", b""))
 
         await self.app(scope, receive, send)
-        body = b"".join(chunks)
+        raw = b"".join(chunks)
+        body = raw
         if headers.get("content-encoding") == "gzip":
-            import gzip
-
-            body = gzip.decompress(body)
-        return Response(status, headers, body)
+            body = _gunzip_limited(raw, MAX_RESPONSE_BYTES)
+        return Response(status, headers, body, len(raw))
 
     def close(self) -> None:
         self._loop.close()

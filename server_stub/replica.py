@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 
 from fieldsync.clock import HybridClock
 from fieldsync.errors import UnknownKindError, ValidationError
-from fieldsync.merge import DELETED, Conflict, FieldWrite, is_deleted, merge_states, values_of
+from fieldsync.merge import Conflict, FieldWrite, is_deleted, merge_states, values_of
 from fieldsync.protocol import Change, bucket_of, record_digest
 from fieldsync.schema import Registry
 from fieldsync.workflow import WORKER_PROTECTED_FIELDS, transition_allowed
@@ -193,9 +193,9 @@ def page(tx: Tx, grids: Iterable[str], cursors: Mapping[str, int], limit: int) -
         if room > 0 and cursor < top:
             rows = tx.all(
                 "SELECT server_seq, collection, id, body FROM records WHERE grid = ? AND server_seq > ? "
-                "UNION ALL SELECT server_seq, collection, id, NULL FROM departures WHERE grid = ? AND server_seq > ? "
-                "ORDER BY server_seq LIMIT ?",
-                (grid, cursor, grid, cursor, room),
+                "AND server_seq <= ? UNION ALL SELECT server_seq, collection, id, NULL FROM departures "
+                "WHERE grid = ? AND server_seq > ? AND server_seq <= ? ORDER BY server_seq LIMIT ?",
+                (grid, cursor, top, grid, cursor, top, room),
             )
         for seq, collection, rid, body in rows:
             if body is None:

@@ -1,0 +1,180 @@
+"""The ``fieldsync-server`` command: run and administer a district server.
+
+Every command takes ``--db URL``: ``sqlite:///path/district.db`` (the
+embedded default) or ``postgresql://user@host/dbname``.  Failures print one
+line starting with ``Error:`` and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any, Callable, TypeVar
+
+import click
+
+from .auth import CODE_TTL_S, ApiError
+from .district import District
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DB_OPTION = click.option("--db", "db_url", required=True, envvar="FIELDSYNC_DB",
+                         help="Database URL: sqlite:///district.db or postgresql://user@host/db (env FIELDSYNC_DB).")
+
+
+def _friendly(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ApiError as exc:
+            raise click.ClickException(exc.message) from exc
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except Exception as exc:  # database unreachable, bad URL, ...
+            if type(exc).__module__.startswith(("psycopg", "sqlite3")):
+                raise click.ClickException(f"database error: {exc}") from exc
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """fieldsync-server: the district server for grid workers' tablets.
+
+    Typical first run:
+
+      fieldsync-server init-demo --db sqlite:///district.db
+      fieldsync-server serve --db sqlite:///district.db --host 127.0.0.1 --port 8700
+      fieldsync-server enroll-code --db sqlite:///district.db --worker w-lijing
+    """
+
+
+@main.command("init-demo")
+@DB_OPTION
+@click.option("--households", default=300, show_default=True, help="Households per grid.")
+@click.option("--seed", default=2019, show_default=True, help="Random seed for the generated residents.")
+@_friendly
+def init_demo(db_url: str, households: int, seed: int) -> None:
+    """Create a demo district: streets, communities, grids of households with residents,
+    visits and reports, workers assigned to grids, and the command centre and departments."""
+    from .demo import build_demo
+
+    district = District(db_url)
+    try:
+        summary = build_demo(district, households_per_grid=households, seed=seed,
+                             progress=lambda msg: click.echo(msg, err=True))
+    finally:
+        district.close()
+    for line in summary:
+        click.echo(line)
+
+
+@main.command()
+@DB_OPTION
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8700, show_default=True, type=int, help="Port to listen on.")
+@click.option("--workers", default=1, show_default=True, type=int, help="Server processes (uvicorn workers).")
+@click.option("--ssl-certfile", default=None, help="TLS certificate (PEM); serve HTTPS.")
+@click.option("--ssl-keyfile", default=None, help="TLS private key (PEM).")
+@_friendly
+def serve(db_url: str, host: str, port: int, workers: int, ssl_certfile: str | None, ssl_keyfile: str | None) -> None:
+    """Serve the sync API (and /openapi.json) with uvicorn."""
+    import os
+
+    import uvicorn
+
+    District(db_url).close()  # create the schema once, fail early on a bad URL
+    os.environ["FIELDSYNC_DB"] = db_url
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run("server_stub.asgi:app", host=host, port=port, workers=workers, log_level="info",
+                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, access_log=False)
+
+
+@main.command("enroll-code")
+@DB_OPTION
+@click.option("--worker", "worker_id", required=True, help="Worker id the device will belong to.")
+@click.option("--ttl", default=CODE_TTL_S, show_default=True, type=click.IntRange(60, 7 * 24 * 3600),
+              help="Seconds the code stays valid.")
+@_friendly
+def enroll_code(db_url: str, worker_id: str, ttl: int) -> None:
+    """Print a one-time enrollment code for a worker's tablet."""
+    district = District(db_url)
+    try:
+        code, expires = district.issue_code(worker_id, ttl)
+    finally:
+        district.close()
+    click.echo(code)
+    click.echo(f"valid once, until {_when(expires)}", err=True)
+
+
+@main.command()
+@DB_OPTION
+@click.option("--worker", "worker_id", required=True, help="Worker id.")
+@click.option("--grid", "grid_id", required=True, help="Grid id to add to the worker's scope.")
+@click.option("--remove", is_flag=True, help="Take the grid out of the worker's scope instead.")
+@_friendly
+def assign(db_url: str, worker_id: str, grid_id: str, remove: bool) -> None:
+    """Assign a grid to a worker (or --remove it); devices follow on their next sync."""
+    district = District(db_url)
+    try:
+        if remove:
+            district.unassign(worker_id, grid_id)
+            click.echo(f"{grid_id} removed from {worker_id}")
+        else:
+            district.assign(worker_id, grid_id)
+            click.echo(f"{grid_id} assigned to {worker_id}")
+    finally:
+        district.close()
+
+
+@main.command()
+@DB_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_friendly
+def devices(db_url: str, as_json: bool) -> None:
+    """List enrolled devices with their worker, last contact and state."""
+    district = District(db_url)
+    try:
+        rows = district.devices()
+    finally:
+        district.close()
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    click.echo(f"{'DEVICE':<20} {'WORKER':<14} {'ENROLLED':<17} {'LAST SEEN':<17} {'SEQ':>6}  STATE")
+    for r in rows:
+        state = "active" if r["revoked_ms"] is None else ("revoked+wipe" if r["wipe"] else "revoked")
+        click.echo(f"{r['id']:<20} {r['worker_id']:<14} {_when(r['enrolled_ms']):<17} "
+                   f"{_when(r['last_seen_ms']):<17} {r['last_seq']:>6}  {state}")
+    click.echo(f"{len(rows)} devices", err=True)
+
+
+@main.command()
+@DB_OPTION
+@click.option("--device", "device_id", required=True, help="Device id (see 'devices').")
+@click.option("--wipe", is_flag=True, help="Also tell the tablet to erase its data after its final push.")
+@_friendly
+def revoke(db_url: str, device_id: str, wipe: bool) -> None:
+    """Revoke a device: it may send its last changes, then every request is refused."""
+    district = District(db_url)
+    try:
+        district.revoke(device_id, wipe)
+    finally:
+        district.close()
+    click.echo(f"{device_id} revoked{' (wipe requested)' if wipe else ''}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
