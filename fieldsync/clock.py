@@ -14,6 +14,7 @@ conflict forever.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Callable
 
 from .errors import ClockDriftError
 
-__all__ = ["Stamp", "HybridClock", "DEFAULT_MAX_DRIFT_MS"]
+__all__ = ["Stamp", "HybridClock", "DEFAULT_MAX_DRIFT_MS", "is_stamp"]
 
 DEFAULT_MAX_DRIFT_MS = 5 * 60 * 1000
 _WALL_DIGITS = 12  # hex digits for milliseconds: good until the year 10889
@@ -41,18 +42,37 @@ class Stamp:
 
     def encode(self) -> str:
         """Fixed-width text form; string order equals stamp order."""
-        return f"{self.wall_ms:0{_WALL_DIGITS}x}-{self.counter:0{_COUNTER_DIGITS}x}-{self.node}"
+        return _encode(self.wall_ms, self.counter, self.node)
 
     @classmethod
     def decode(cls, text: str) -> "Stamp":
         """Parse :meth:`encode` output; raises ``ValueError`` on anything else."""
-        m = _STAMP_RE.match(text) if isinstance(text, str) else None
-        if not m:
+        if not isinstance(text, str):
             raise ValueError(f"not a clock stamp: {text!r}")
-        return cls(int(m.group(1), 16), int(m.group(2), 16), m.group(3))
+        return _decode(text)
 
     def __str__(self) -> str:
         return self.encode()
+
+
+@functools.lru_cache(maxsize=8192)
+def _encode(wall_ms: int, counter: int, node: str) -> str:
+    return f"{wall_ms:0{_WALL_DIGITS}x}-{counter:0{_COUNTER_DIGITS}x}-{node}"
+
+
+@functools.lru_cache(maxsize=8192)
+def _decode(text: str) -> Stamp:
+    # Cached: the writes of one record usually share a stamp, and a stamp is
+    # decoded again on every merge of the record.
+    m = _STAMP_RE.match(text)
+    if not m:
+        raise ValueError(f"not a clock stamp: {text!r}")
+    return Stamp(int(m.group(1), 16), int(m.group(2), 16), m.group(3))
+
+
+def is_stamp(text: object) -> bool:
+    """True for a well-formed encoded stamp (cheap; no object is built)."""
+    return isinstance(text, str) and _STAMP_RE.match(text) is not None
 
 
 def _system_ms() -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qsl, quote
 
-from .clock import Stamp
+from .clock import Stamp, is_stamp
 from .errors import ProtocolError
 from .merge import DELETED, FieldWrite
 
@@ -43,6 +43,8 @@ __all__ = [
     "bucket_of",
     "N_BUCKETS",
     "parse_change",
+    "parse_pulled",
+    "PulledRecord",
     "parse_push_response",
     "parse_pull_response",
     "dumps",
@@ -171,57 +173,83 @@ def bucket_of(collection: str, rid: str) -> int:
 
 @dataclass(frozen=True)
 class Change:
-    """A set of field writes to one record, as pushed (with ``seq``) or pulled (with ``server_seq``)."""
+    """A set of field writes to one record, as pushed: the outbox entry ``seq``."""
 
     collection: str
     id: str
     grid: str
     fields: dict[str, FieldWrite]
-    seq: int = 0
-    server_seq: int = 0
-    left: bool = False  # pulled: the record left this grid (moved or out of scope)
+    seq: int
 
     def to_wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"collection": self.collection, "id": self.id, "grid": self.grid}
-        if self.left:
-            out["left"] = True
-        else:
-            out["fields"] = {k: w.to_wire() for k, w in self.fields.items()}
-        if self.seq:
-            out["seq"] = self.seq
-        if self.server_seq:
-            out["server_seq"] = self.server_seq
-        return out
-
-    def stamps(self) -> dict[str, str]:
-        return {k: w.stamp.encode() for k, w in self.fields.items()}
+        return {"seq": self.seq, "collection": self.collection, "id": self.id, "grid": self.grid,
+                "fields": {k: w.to_wire() for k, w in self.fields.items()}}
 
 
-def parse_change(data: Any, *, pushed: bool) -> Change:
+def parse_change(data: Any) -> Change:
+    """Validate one pushed change (the server's side of /v1/push)."""
     d = _obj(data, "change")
     collection = _ident(d.get("collection"), "change.collection")
     rid = _ident(d.get("id"), "change.id")
     grid = _ident(d.get("grid"), "change.grid")
-    left = d.get("left", False) is True
+    raw = _obj(d.get("fields"), "change.fields")
+    if not raw:
+        raise _fail("change.fields must not be empty")
     fields: dict[str, FieldWrite] = {}
-    if not left:
-        raw = _obj(d.get("fields"), "change.fields")
-        if not raw:
-            raise _fail("change.fields must not be empty")
-        for name, wire in raw.items():
-            if not isinstance(name, str) or not name or len(name) > 64:
-                raise _fail("field names must be 1-64 characters")
-            if name.startswith("_") and name != DELETED:
-                raise _fail(f"field name {name!r} is reserved")
-            try:
-                fields[name] = FieldWrite.from_wire(wire)
-            except ValueError as exc:
-                raise _fail(f"change.fields.{name}: {exc}") from exc
-    if pushed:
-        seq = _int(d.get("seq"), "change.seq", 1)
-        return Change(collection, rid, grid, fields, seq=seq)
+    for name, wire in raw.items():
+        if not isinstance(name, str) or not name or len(name) > 64:
+            raise _fail("field names must be 1-64 characters")
+        if name.startswith("_") and name != DELETED:
+            raise _fail(f"field name {name!r} is reserved")
+        try:
+            fields[name] = FieldWrite.from_wire(wire)
+        except ValueError as exc:
+            raise _fail(f"change.fields.{name}: {exc}") from exc
+    return Change(collection, rid, grid, fields, _int(d.get("seq"), "change.seq", 1))
+
+
+@dataclass(frozen=True)
+class PulledRecord:
+    """The server's whole current version of one record, as pulled (or repaired).
+
+    ``state`` maps field -> ``[value, stamp, base]`` exactly as sent (already
+    checked: stamps well-formed, no reserved names); ``None`` means the record
+    left this grid (moved away or out of scope) and should be dropped.
+    """
+
+    collection: str
+    id: str
+    grid: str
+    server_seq: int
+    state: dict[str, list[Any]] | None
+
+    @property
+    def left(self) -> bool:
+        return self.state is None
+
+    def stamps(self) -> dict[str, str]:
+        return {k: w[1] for k, w in (self.state or {}).items()}
+
+
+def parse_pulled(data: Any) -> PulledRecord:
+    """Validate one pulled record without building per-field objects (this is the hot path)."""
+    d = _obj(data, "change")
+    collection = _ident(d.get("collection"), "change.collection")
+    rid = _ident(d.get("id"), "change.id")
+    grid = _ident(d.get("grid"), "change.grid")
     server_seq = _int(d.get("server_seq"), "change.server_seq", 1)
-    return Change(collection, rid, grid, fields, server_seq=server_seq, left=left)
+    if d.get("left") is True:
+        return PulledRecord(collection, rid, grid, server_seq, None)
+    state = d.get("fields")
+    if not isinstance(state, dict) or not state:
+        raise _fail(f"change {collection}/{rid}: fields must be a non-empty object")
+    for name, w in state.items():
+        if not name or len(name) > 64 or (name[0] == "_" and name != DELETED):
+            raise _fail(f"change {collection}/{rid}: bad field name {name!r}")
+        if (type(w) is not list or len(w) != 3 or not is_stamp(w[1])
+                or (w[2] is not None and not is_stamp(w[2]))):
+            raise _fail(f"change {collection}/{rid}.{name}: a field write is [value, stamp, base]")
+    return PulledRecord(collection, rid, grid, server_seq, state)
 
 
 @dataclass(frozen=True)
@@ -276,7 +304,7 @@ def parse_push_response(data: Any, sent_upto: int) -> PushResponse:
 
 @dataclass(frozen=True)
 class PullResponse:
-    changes: list[Change]
+    changes: list[PulledRecord]
     cursors: dict[str, int]
     checksums: dict[str, int]  # only for grids this page caught up on
     grids: list[str]  # the device's scope now
@@ -293,7 +321,7 @@ def parse_pull_response(data: Any, sent_cursors: Mapping[str, int], limit: int) 
     raw_changes = _list(d.get("changes"), "changes")
     if len(raw_changes) > limit:
         raise _fail(f"the server sent {len(raw_changes)} changes for a page of at most {limit}")
-    changes = [parse_change(c, pushed=False) for c in raw_changes]
+    changes = [parse_pulled(c) for c in raw_changes]
     cursors = {_ident(g, "cursors key"): _int(v, f"cursors.{g}") for g, v in _obj(d.get("cursors"), "cursors").items()}
     for g, v in cursors.items():
         if g not in scope:

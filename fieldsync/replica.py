@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
+from .clock import Stamp
 from .merge import DELETED, FieldWrite, merge_field
-from .protocol import N_BUCKETS, Change, PullResponse, Rejection, bucket_of, record_digest
+from .protocol import N_BUCKETS, PulledRecord, PullResponse, Rejection, bucket_of, record_digest
+from .schema import normalise
 
 if TYPE_CHECKING:
     from .store import Store
@@ -145,7 +147,7 @@ class ReplicaMixin:
     # -- pulled pages ---------------------------------------------------------------
     def apply_pull(self: "Store", page: PullResponse) -> PageResult:
         """Apply one validated page, its cursors and scope changes atomically."""
-        applied = removed = 0
+        removed = 0
         with self.atomic():
             before = set(self.grids())
             now = set(page.grids)
@@ -153,14 +155,10 @@ class ReplicaMixin:
             entered = sorted(now - before)
             for grid in left:
                 removed += self._purge_grid(grid)
-            for change in page.changes:
-                if change.left:
-                    removed += self._drop_if_clean(change.collection, change.id)
-                else:
-                    self._adopt(change)
-                    applied += 1
-            for grid, seq in page.cursors.items():
-                self._conn.execute("INSERT OR REPLACE INTO cursors (grid, server_seq) VALUES (?, ?)", (grid, seq))
+            applied, dropped = self._adopt_all(page.changes)
+            removed += dropped
+            self._conn.executemany("INSERT OR REPLACE INTO cursors (grid, server_seq) VALUES (?, ?)",
+                                   list(page.cursors.items()))
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('grids', ?)", (json.dumps(sorted(now)),))
         return PageResult(applied, removed, left, entered)
 
@@ -179,50 +177,90 @@ class ReplicaMixin:
         self._conn.execute("DELETE FROM search WHERE collection = ? AND id = ?", (collection, rid))
         return 1
 
-    def _adopt(self: "Store", change: Change) -> None:
-        collection, rid = change.collection, change.id
+    def _adopt_all(self: "Store", records: list[PulledRecord]) -> tuple[int, int]:
+        """Adopt the server's versions (inside the caller's transaction).  Returns (applied, removed).
+
+        Records with no pending local change (nearly all) take the fast path:
+        no local row is read or decrypted; rows, digests and search tokens
+        are written in batches.  Records with pending changes are merged.
+        """
+        pending = {(c, rid) for c, rid in self._conn.execute("SELECT DISTINCT collection, id FROM outbox")}
+        rows: list[tuple[Any, ...]] = []
+        tokens: list[tuple[str, str, bytes, str]] = []
+        reindex: list[tuple[str, str]] = []
+        applied = removed = 0
+        newest = ""
+        for rec in records:
+            key = (rec.collection, rec.id)
+            if rec.state is None:
+                removed += self._drop_if_clean(*key)
+                continue
+            applied += 1
+            state = rec.state
+            stamp = max(w[1] for w in state.values())
+            newest = max(newest, stamp)
+            if key in pending:
+                self._adopt_pending(rec)
+                continue
+            kind = self.registry.get(rec.collection) if rec.collection in self.registry else None
+            deleted = 1 if state.get(DELETED, (False,))[0] else 0
+            rows.append((rec.collection, rec.id, rec.grid, deleted, stamp,
+                         self._keys.seal(_dumps(state), rec.collection, rec.id),
+                         record_digest(rec.collection, rec.id, rec.stamps())))
+            reindex.append(key)
+            if kind is not None and not deleted:
+                for fname, how in kind.search_fields().items():
+                    value = state.get(fname, (None,))[0]
+                    if isinstance(value, str) and value:
+                        tokens.append((rec.collection, fname,
+                                       self._keys.blind_token(rec.collection, fname, normalise(how, value)), rec.id))
+        self._conn.executemany("DELETE FROM search WHERE collection = ? AND id = ?", reindex)
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO records (collection, id, grid, deleted, stamp, body, server_digest) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        self._conn.executemany("INSERT INTO search (collection, field, token, id) VALUES (?, ?, ?, ?)", tokens)
+        if newest:
+            self.clock.observe(Stamp.decode(newest), clamp=True)
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (self.clock.last.encode(),))
+        return applied, removed
+
+    def _adopt_pending(self: "Store", rec: PulledRecord) -> None:
+        """Adopt the server's version of a record that has unsynced local changes: merge those fields."""
+        assert rec.state is not None
+        collection, rid = rec.collection, rec.id
         found = self._row(collection, rid)
         local: dict[str, list[Any]] = found[2] if found else {}
-        pending = self._pending_fields(collection, rid) if found else set()
-        state: dict[str, list[Any]] = {k: w.to_wire() for k, w in change.fields.items()}
-        for name in pending:
+        state: dict[str, list[Any]] = dict(rec.state)
+        for name in self._pending_fields(collection, rid):
             mine = local.get(name)
             if mine is None:
                 continue
-            theirs = change.fields.get(name)
+            theirs = rec.state.get(name)
             if theirs is None:
                 state[name] = mine
             else:
-                winner, _ = merge_field(name, FieldWrite.from_wire(mine), theirs)
+                winner, _ = merge_field(name, FieldWrite.from_wire(mine), FieldWrite.from_wire(theirs))
                 state[name] = winner.to_wire()
-        for w in change.fields.values():
-            self.clock.observe(w.stamp, clamp=True)
         kind = self.registry.get(collection) if collection in self.registry else None
-        grid = change.grid
-        if kind is not None and pending:
+        grid = rec.grid
+        if kind is not None:
             value = state.get(kind.grid_field, [None])[0] if kind.grid_field != "id" else rid
             grid = value if isinstance(value, str) and value else grid
-        writes = {k: v for k, v in state.items() if local.get(k) != v}
-        self._store_state(collection, kind, rid, grid, state, writes, change.stamps())
-        for gone in set(local) - set(state):
-            self._conn.execute("DELETE FROM search WHERE collection = ? AND id = ? AND field = ?", (collection, rid, gone))
-
-    def _store_state(self: "Store", collection: str, kind: Any, rid: str, grid: str,
-                     state: Mapping[str, list[Any]], writes: Mapping[str, list[Any]],
-                     server_stamps: Mapping[str, str]) -> None:
-        if kind is not None:
-            self._save(kind, rid, grid, dict(state), writes, outbox=False)
+            writes = {k: v for k, v in state.items() if local.get(k) != v}
+            self._save(kind, rid, grid, state, writes, outbox=False)
         else:  # a kind this app does not know (a newer server): keep it as it is
             deleted = 1 if state.get(DELETED, [False])[0] else 0
-            newest = max(w[1] for w in state.values())
             self._conn.execute(
                 "INSERT OR REPLACE INTO records (collection, id, grid, deleted, stamp, body) VALUES (?, ?, ?, ?, ?, ?)",
-                (collection, rid, grid, deleted, newest, self._keys.seal(_dumps(dict(state)), collection, rid)),
+                (collection, rid, grid, deleted, max(w[1] for w in state.values()),
+                 self._keys.seal(_dumps(state), collection, rid)),
             )
         self._conn.execute(
             "UPDATE records SET server_digest = ? WHERE collection = ? AND id = ?",
-            (record_digest(collection, rid, server_stamps), collection, rid),
+            (record_digest(collection, rid, rec.stamps()), collection, rid),
         )
+        for gone in set(local) - set(state):
+            self._conn.execute("DELETE FROM search WHERE collection = ? AND id = ? AND field = ?", (collection, rid, gone))
 
     # -- integrity ------------------------------------------------------------------
     def _digest_rows(self: "Store", grid: str) -> list[tuple[str, str, int]]:
@@ -248,7 +286,7 @@ class ReplicaMixin:
                 buckets[bucket_of(c, rid)] ^= d
         return buckets
 
-    def apply_repair(self: "Store", grid: str, buckets: set[int], records: list[Change]) -> tuple[int, int]:
+    def apply_repair(self: "Store", grid: str, buckets: set[int], records: list[PulledRecord]) -> tuple[int, int]:
         """Replace the given buckets of ``grid`` with the server's records, keeping unsynced changes.
 
         Local records in those buckets that the server does not have, and that
@@ -262,8 +300,7 @@ class ReplicaMixin:
             ).fetchall():
                 if bucket_of(c, rid) in buckets and (c, rid) not in keep:
                     removed += self._drop_if_clean(c, rid)
-            for change in records:
-                self._adopt(change)
+            self._adopt_all(records)
             for c, rid in self._conn.execute("SELECT collection, id FROM stale WHERE grid = ?", (grid,)).fetchall():
                 if bucket_of(c, rid) in buckets and not self._has_pending(c, rid):
                     self._conn.execute("DELETE FROM stale WHERE collection = ? AND id = ?", (c, rid))

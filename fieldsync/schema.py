@@ -37,7 +37,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 _TYPES = ("text", "integer", "number", "boolean", "date", "datetime", "tags", "list", "object", "location", "any")
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_ID_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}\Z")
 
 
 def _norm_text(value: str) -> str:
@@ -49,8 +49,10 @@ def _norm_name(value: str) -> str:
 
 
 def _norm_phone(value: str) -> str:
-    digits = re.sub(r"\D", "", unicodedata.normalize("NFKC", value))
-    if digits.startswith("86") and len(digits) == 13:
+    digits = re.sub(r"[^0-9]", "", unicodedata.normalize("NFKC", value))
+    if digits.startswith("0086") and len(digits) == 15:
+        digits = digits[4:]
+    elif digits.startswith("86") and len(digits) == 13:
         digits = digits[2:]
     return digits
 
@@ -79,7 +81,7 @@ _ID_CHECK = "10X98765432"
 def valid_id_number(value: str) -> bool:
     """True for an 18-character resident ID number with a correct check digit (GB 11643)."""
     v = _norm_id_number(value)
-    if not re.fullmatch(r"\d{17}[\dX]", v):
+    if not re.fullmatch(r"[0-9]{17}[0-9X]", v):
         return False
     total = sum(int(d) * w for d, w in zip(v[:17], _ID_WEIGHTS))
     return _ID_CHECK[total % 11] == v[17]
@@ -156,9 +158,9 @@ def _type_problem(f: Field, value: Any) -> str | None:
             return "lat/lon out of range"
     if f.choices is not None:
         items = value if t == "tags" else [value]
-        bad = [x for x in items if x not in f.choices]
-        if bad:
-            return f"{bad[0]!r} is not one of {', '.join(f.choices)}"
+        if any(x not in f.choices for x in items):
+            # The refused value is not repeated: it may be personal data.
+            return f"must be one of {', '.join(f.choices)}"
     if f.check is not None:
         return f.check(value)
     return None

@@ -37,8 +37,8 @@ from .protocol import (
     N_BUCKETS,
     bucket_of,
     dumps,
-    parse_change,
     parse_pull_response,
+    parse_pulled,
     parse_push_response,
 )
 from .schema import SCHEMA_VERSION
@@ -323,7 +323,7 @@ class SyncClient:
         raw = data.get("records") if isinstance(data, dict) else None
         if not isinstance(raw, list):
             raise ProtocolError("repair answer lacks records")
-        records = [parse_change(r, pushed=False) for r in raw]
+        records = [parse_pulled(r) for r in raw]
         if any(r.grid != grid or r.left or bucket_of(r.collection, r.id) not in diff for r in records):
             raise ProtocolError(f"repair answer holds records outside the asked buckets of grid {grid!r}")
         adopted, dropped = self.store.apply_repair(grid, set(diff), records)

@@ -87,7 +87,7 @@ def _decode(raw: bytes, encoding: str | None) -> dict[str, Any]:
     return data
 
 
-Handler = Callable[[Device, dict[str, Any]], dict[str, Any]]
+Handler = Callable[[Device, dict[str, Any]], "dict[str, Any] | bytes"]
 
 
 def create_app(district: District) -> Starlette:
@@ -101,7 +101,11 @@ def create_app(district: District) -> Starlette:
                 device = await run_in_threadpool(
                     district.authenticate, request.method, request.url.path, request.url.query, raw, headers)
                 body = _decode(raw, request.headers.get("content-encoding"))
-                return _answer(await run_in_threadpool(handler, device, body))
+                result = await run_in_threadpool(handler, device, body)
+                if isinstance(result, bytes):  # already encoded (pull pages splice stored bodies in)
+                    return Response(result, media_type="application/json",
+                                    headers={"X-Fieldsync-Server-Time": str(_now_ms())})
+                return _answer(result)
             except ApiError as exc:
                 return _error(exc)
         return endpoint

@@ -7,13 +7,16 @@ audit code.
 
 from __future__ import annotations
 
+import json
+import json
+import json
 import os
 import time
 from typing import Any, Iterable, Mapping
 
 from fieldsync.clock import HybridClock
 from fieldsync.errors import ProtocolError
-from fieldsync.merge import FieldWrite
+from fieldsync.merge import FieldWrite, values_of
 from fieldsync.protocol import (
     DEFAULT_PULL_LIMIT,
     MAX_PULL_LIMIT,
@@ -28,7 +31,17 @@ from fieldsync.schema import SCHEMA_VERSION, Registry, default_registry
 from . import audit, auth
 from .auth import ApiError, Device
 from .db import Database, Tx, connect
-from .replica import Actor, Refused, apply_writes, bucket_digests, bucket_records, page
+from .replica import (
+    Actor,
+    GridCounters,
+    Refused,
+    apply_writes,
+    bucket_digests,
+    bucket_records,
+    encode_rows,
+    load_state,
+    page,
+)
 
 __all__ = ["District"]
 
@@ -92,7 +105,7 @@ class District:
         if len(raw) > MAX_PUSH_CHANGES:
             raise ApiError(413, "too_many_changes", f"at most {MAX_PUSH_CHANGES} changes per push")
         try:
-            changes = [parse_change(c, pushed=True) for c in raw]
+            changes = [parse_change(c) for c in raw]
         except ProtocolError as exc:
             raise _bad(str(exc)) from None
         seqs = [c.seq for c in changes]
@@ -104,12 +117,13 @@ class District:
             assert row is not None
             last = int(row[0])
             actor = self._actor(tx, device)
+            counters = GridCounters(tx)
             applied = 0
             for change in changes:
                 if change.seq <= last:
                     continue  # already applied: a retry after a lost response
                 try:
-                    apply_writes(tx, self.registry, self.clock, actor, change.collection, change.id, change.fields)
+                    apply_writes(counters, self.registry, self.clock, actor, change.collection, change.id, change.fields)
                     applied += 1
                 except Refused as exc:
                     tx.execute(
@@ -121,6 +135,7 @@ class District:
                         audit.append(tx, f"device:{device.id}", "authz.refused_write", f"{change.collection}:{change.id}",
                                      {"grid": change.grid})
                 last = change.seq
+            counters.flush()
             tx.execute("UPDATE devices SET last_seq = ? WHERE id = ?", (last, device.id))
             rejections = [
                 Rejection(int(r[0]), r[1], r[2], r[3], r[4], r[5]).to_wire()
@@ -139,7 +154,7 @@ class District:
             answer["revoked"] = {"wipe": device.wipe}
         return answer
 
-    def pull(self, device: Device, body: Mapping[str, Any]) -> dict[str, Any]:
+    def pull(self, device: Device, body: Mapping[str, Any]) -> bytes:
         """The next page of changes for the device's grids after its cursors."""
         device.refuse_if_revoked()
         _schema_version(body)
@@ -153,15 +168,10 @@ class District:
             raise _bad(f"limit must be an integer from 1 to {MAX_PULL_LIMIT}")
         with self.db.transaction() as tx:
             grids = auth.scope_of(tx, device.worker_id)
-            changes, out_cursors, checksums, more = page(tx, grids, cursors, limit)
-        return {
-            "changes": [c.to_wire() for c in changes],
-            "cursors": out_cursors,
-            "checksums": checksums,
-            "grids": grids,
-            "more": more,
-            "server_time_ms": _now_ms(),
-        }
+            rows, out_cursors, checksums, more = page(tx, grids, cursors, limit)
+        head = json.dumps({"cursors": out_cursors, "checksums": checksums, "grids": grids, "more": more,
+                           "server_time_ms": _now_ms()}, ensure_ascii=False, separators=(",", ":"))
+        return (head[:-1] + ',"changes":' + encode_rows(rows) + "}").encode("utf-8")
 
     def _scoped_grid(self, tx: Tx, device: Device, body: Mapping[str, Any]) -> str:
         grid = body.get("grid")
@@ -187,7 +197,7 @@ class District:
             raise refused
         return {"grid": grid, "seq": seq, "buckets": digests, "server_time_ms": _now_ms()}
 
-    def repair(self, device: Device, body: Mapping[str, Any]) -> dict[str, Any]:
+    def repair(self, device: Device, body: Mapping[str, Any]) -> bytes:
         """Every record of the asked buckets of one grid (the server's version)."""
         device.refuse_if_revoked()
         wanted = body.get("buckets")
@@ -205,8 +215,9 @@ class District:
                 seq, records = bucket_records(tx, grid, set(wanted))
         if refused:
             raise refused
-        return {"grid": grid, "seq": seq, "buckets": sorted(set(wanted)),
-                "records": [c.to_wire() for c in records], "server_time_ms": _now_ms()}
+        head = json.dumps({"grid": grid, "seq": seq, "buckets": sorted(set(wanted)), "server_time_ms": _now_ms()},
+                          ensure_ascii=False, separators=(",", ":"))
+        return (head[:-1] + ',"records":' + encode_rows(records) + "}").encode("utf-8")
 
     # -- administration ------------------------------------------------------
     def add_worker(self, worker_id: str, name: str, role: str = "worker", department: str | None = None) -> None:
@@ -252,38 +263,37 @@ class District:
         """A server-side write (command centre, department, job) with server stamps."""
         with self.db.transaction() as tx:
             row = tx.one("SELECT body FROM records WHERE collection = ? AND id = ?", (collection, rid))
-            from .replica import load_state
-
             current = load_state(row[0]) if row else {}
             writes = {}
             for name, value in values.items():
                 cur = current.get(name)
                 writes[name] = FieldWrite(value, self.clock.now(), cur.stamp if cur else None)
+            counters = GridCounters(tx)
             try:
-                apply_writes(tx, self.registry, self.clock, actor, collection, rid, writes)
+                apply_writes(counters, self.registry, self.clock, actor, collection, rid, writes)
             except Refused as exc:
                 raise ApiError(409 if exc.code == "transition_not_allowed" else 400, exc.code, exc.message) from None
+            counters.flush()
 
     def write_many(self, actor: Actor, collection: str, records: Iterable[Mapping[str, Any]]) -> int:
         """Bulk server-side creation (demo data, imports) in one transaction."""
         n = 0
         with self.db.transaction() as tx:
+            counters = GridCounters(tx)
             for record in records:
                 rid = str(record["id"])
-                writes = {k: FieldWrite(v, self.clock.now(), None) for k, v in record.items() if k != "id" and v is not None}
+                stamp = self.clock.now()
+                writes = {k: FieldWrite(v, stamp, None) for k, v in record.items() if k != "id" and v is not None}
                 try:
-                    apply_writes(tx, self.registry, self.clock, actor, collection, rid, writes)
+                    apply_writes(counters, self.registry, self.clock, actor, collection, rid, writes)
                 except Refused as exc:
                     raise ApiError(400, exc.code, f"{collection}/{rid}: {exc.message}") from None
                 n += 1
+            counters.flush()
         return n
 
     def get(self, collection: str, rid: str) -> dict[str, Any] | None:
         """The server's current values of one record (None if absent)."""
-        from fieldsync.merge import values_of
-
-        from .replica import load_state
-
         with self.db.transaction() as tx:
             row = tx.one("SELECT body FROM records WHERE collection = ? AND id = ?", (collection, rid))
         if row is None:

@@ -20,13 +20,14 @@ from typing import Any, Iterable, Mapping
 from fieldsync.clock import HybridClock
 from fieldsync.errors import UnknownKindError, ValidationError
 from fieldsync.merge import Conflict, FieldWrite, is_deleted, merge_states, values_of
-from fieldsync.protocol import Change, bucket_of, record_digest
+from fieldsync.protocol import N_BUCKETS, bucket_of, record_digest
 from fieldsync.schema import Registry
 from fieldsync.workflow import WORKER_PROTECTED_FIELDS, transition_allowed
 
 from .db import Tx
 
-__all__ = ["Refused", "Actor", "apply_writes", "next_seq", "load_state", "page", "bucket_digests", "bucket_records"]
+__all__ = ["Refused", "Actor", "GridCounters", "apply_writes", "load_state", "page", "encode_rows",
+           "bucket_digests", "bucket_records"]
 
 
 class Refused(Exception):
@@ -55,16 +56,42 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def next_seq(tx: Tx, grid: str, checksum_delta: int = 0) -> int:
-    """Advance the grid's counter (creating it if new) and fold ``checksum_delta`` in."""
-    row = tx.one(f"SELECT seq, checksum FROM grid_state WHERE grid = ?{tx.for_update()}", (grid,))
-    if row is None:
-        tx.execute("INSERT INTO grid_state (grid, seq, checksum) VALUES (?, 0, 0) ON CONFLICT (grid) DO NOTHING", (grid,))
-        row = tx.one(f"SELECT seq, checksum FROM grid_state WHERE grid = ?{tx.for_update()}", (grid,))
-        assert row is not None
-    seq = int(row[0]) + 1
-    tx.execute("UPDATE grid_state SET seq = ?, checksum = ? WHERE grid = ?", (seq, int(row[1]) ^ checksum_delta, grid))
-    return seq
+class GridCounters:
+    """The per-grid counter rows touched by one transaction.
+
+    The first use of a grid locks its row (FOR UPDATE on PostgreSQL; SQLite
+    holds the write lock already); later changes in the same transaction
+    count in memory and :meth:`flush` writes every row back once, before the
+    commit.  So sequence numbers still commit in order and never leave a gap.
+    """
+
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+        self._rows: dict[str, list[int]] = {}  # grid -> [seq, checksum]
+
+    def _load(self, grid: str) -> list[int]:
+        row = self._rows.get(grid)
+        if row is None:
+            tx = self.tx
+            found = tx.one(f"SELECT seq, checksum FROM grid_state WHERE grid = ?{tx.for_update()}", (grid,))
+            if found is None:
+                tx.execute("INSERT INTO grid_state (grid, seq, checksum) VALUES (?, 0, 0) ON CONFLICT (grid) DO NOTHING",
+                           (grid,))
+                found = tx.one(f"SELECT seq, checksum FROM grid_state WHERE grid = ?{tx.for_update()}", (grid,))
+                assert found is not None
+            row = self._rows[grid] = [int(found[0]), int(found[1])]
+        return row
+
+    def next(self, grid: str, checksum_delta: int = 0) -> int:
+        """The grid's next server_seq, folding ``checksum_delta`` into its checksum."""
+        row = self._load(grid)
+        row[0] += 1
+        row[1] ^= checksum_delta
+        return row[0]
+
+    def flush(self) -> None:
+        self.tx.executemany("UPDATE grid_state SET seq = ?, checksum = ? WHERE grid = ?",
+                            [(seq, checksum, grid) for grid, (seq, checksum) in self._rows.items()])
 
 
 def load_state(body: str) -> dict[str, FieldWrite]:
@@ -76,7 +103,7 @@ def _dump_state(state: Mapping[str, FieldWrite]) -> str:
 
 
 def apply_writes(
-    tx: Tx,
+    counters: GridCounters,
     registry: Registry,
     clock: HybridClock,
     actor: Actor,
@@ -88,6 +115,7 @@ def apply_writes(
 
     Nothing is written when it raises.  Returns the conflicts recorded.
     """
+    tx = counters.tx
     try:
         kind = registry.get(collection)
     except UnknownKindError:
@@ -119,9 +147,9 @@ def apply_writes(
     if not result.changed and not result.conflicts:
         return []
     if result.changed:
-        _store(tx, collection, rid, result.state, old_grid, old_digest, new_grid)
+        _store(counters, collection, rid, result.state, old_grid, old_digest, new_grid)
     for conflict in result.conflicts:
-        _record_conflict(tx, registry, clock, collection, rid, new_grid, conflict)
+        _record_conflict(counters, clock, collection, rid, new_grid, conflict)
     return result.conflicts
 
 
@@ -139,16 +167,17 @@ def _check_report(actor: Actor, old: Mapping[str, FieldWrite], new: Mapping[str,
                           f"a {actor.role} may not move a report from {before or 'new'} to {after}", "status")
 
 
-def _store(tx: Tx, collection: str, rid: str, state: Mapping[str, FieldWrite],
+def _store(counters: GridCounters, collection: str, rid: str, state: Mapping[str, FieldWrite],
            old_grid: str | None, old_digest: int, new_grid: str) -> None:
+    tx = counters.tx
     digest = record_digest(collection, rid, {k: w.stamp.encode() for k, w in state.items()})
     if old_grid is not None and old_grid != new_grid:
         # The record leaves its old grid: devices there get a departure.
-        leave_seq = next_seq(tx, old_grid, old_digest)
+        leave_seq = counters.next(old_grid, old_digest)
         tx.execute("INSERT INTO departures (grid, server_seq, collection, id) VALUES (?, ?, ?, ?)",
                    (old_grid, leave_seq, collection, rid))
         old_digest = 0
-    seq = next_seq(tx, new_grid, old_digest ^ digest)
+    seq = counters.next(new_grid, old_digest ^ digest)
     deleted = 1 if is_deleted(state) else 0
     tx.execute(
         "INSERT INTO records (collection, id, grid, server_seq, deleted, digest, body, updated_ms) "
@@ -159,8 +188,9 @@ def _store(tx: Tx, collection: str, rid: str, state: Mapping[str, FieldWrite],
     )
 
 
-def _record_conflict(tx: Tx, registry: Registry, clock: HybridClock, collection: str, rid: str,
+def _record_conflict(counters: GridCounters, clock: HybridClock, collection: str, rid: str,
                      grid: str, conflict: Conflict) -> None:
+    tx = counters.tx
     cid = "c" + hashlib.sha256("|".join((collection, rid, *conflict.key())).encode()).hexdigest()[:31]
     if tx.one("SELECT 1 FROM records WHERE collection = 'conflicts' AND id = ?", (cid,)):
         return
@@ -171,16 +201,21 @@ def _record_conflict(tx: Tx, registry: Registry, clock: HybridClock, collection:
         "lost_value": conflict.loser.value, "lost_stamp": conflict.loser.stamp.encode(), "status": "open",
     }
     state = {k: FieldWrite(v, stamp, None) for k, v in values.items() if v is not None}
-    _store(tx, "conflicts", cid, state, None, 0, grid)
+    _store(counters, "conflicts", cid, state, None, 0, grid)
 
 
-def page(tx: Tx, grids: Iterable[str], cursors: Mapping[str, int], limit: int) -> tuple[list[Change], dict[str, int], dict[str, int], bool]:
+Row = tuple[str, int, str, str, "str | None"]  # grid, server_seq, collection, id, body (None: left)
+
+
+def page(tx: Tx, grids: Iterable[str], cursors: Mapping[str, int], limit: int) -> tuple[list[Row], dict[str, int], dict[str, int], bool]:
     """Changes after each grid's cursor, oldest first, at most ``limit`` in all.
 
-    Returns (changes, new cursors, checksums of the grids this page caught up
-    on, more).  Call inside one transaction so counters and rows agree.
+    Returns (rows, new cursors, checksums of the grids this page caught up
+    on, more).  Rows carry the stored body text as it is: it is already the
+    wire form, so a page is never decoded and re-encoded.  Each grid's rows
+    stop at the counter read with its checksum, so the two always agree.
     """
-    changes: list[Change] = []
+    rows: list[Row] = []
     out_cursors: dict[str, int] = {}
     checksums: dict[str, int] = {}
     more = False
@@ -188,33 +223,36 @@ def page(tx: Tx, grids: Iterable[str], cursors: Mapping[str, int], limit: int) -
         cursor = int(cursors.get(grid, 0))
         state = tx.one("SELECT seq, checksum FROM grid_state WHERE grid = ?", (grid,))
         top, checksum = (int(state[0]), int(state[1])) if state else (0, 0)
-        room = limit - len(changes)
-        rows: list[tuple[Any, ...]] = []
+        room = limit - len(rows)
+        found: list[tuple[Any, ...]] = []
         if room > 0 and cursor < top:
-            rows = tx.all(
+            found = tx.all(
                 "SELECT server_seq, collection, id, body FROM records WHERE grid = ? AND server_seq > ? "
                 "AND server_seq <= ? UNION ALL SELECT server_seq, collection, id, NULL FROM departures "
                 "WHERE grid = ? AND server_seq > ? AND server_seq <= ? ORDER BY server_seq LIMIT ?",
                 (grid, cursor, top, grid, cursor, top, room),
             )
-        for seq, collection, rid, body in rows:
-            if body is None:
-                changes.append(Change(collection, rid, grid, {}, server_seq=int(seq), left=True))
-            else:
-                changes.append(Change(collection, rid, grid, load_state(body), server_seq=int(seq)))
-        new_cursor = int(rows[-1][0]) if rows else cursor
+        rows.extend((grid, int(seq), c, rid, body) for seq, c, rid, body in found)
+        new_cursor = int(found[-1][0]) if found else cursor
         out_cursors[grid] = new_cursor
         if new_cursor >= top:
             checksums[grid] = checksum
         else:
             more = True
-    return changes, out_cursors, checksums, more
+    return rows, out_cursors, checksums, more
+
+
+def encode_rows(rows: Iterable[Row]) -> str:
+    """A JSON array of pulled records, splicing each stored body in unchanged."""
+    parts = []
+    for grid, seq, collection, rid, body in rows:
+        head = f'{{"collection":{json.dumps(collection)},"id":{json.dumps(rid)},"grid":{json.dumps(grid)},"server_seq":{seq}'
+        parts.append(head + (',"left":true}' if body is None else f',"fields":{body}}}'))
+    return "[" + ",".join(parts) + "]"
 
 
 def bucket_digests(tx: Tx, grid: str) -> tuple[int, list[int]]:
     """The grid's counter and the XOR of record digests in each repair bucket."""
-    from fieldsync.protocol import N_BUCKETS
-
     state = tx.one("SELECT seq FROM grid_state WHERE grid = ?", (grid,))
     buckets = [0] * N_BUCKETS
     for collection, rid, digest in tx.all("SELECT collection, id, digest FROM records WHERE grid = ?", (grid,)):
@@ -222,13 +260,13 @@ def bucket_digests(tx: Tx, grid: str) -> tuple[int, list[int]]:
     return (int(state[0]) if state else 0), buckets
 
 
-def bucket_records(tx: Tx, grid: str, buckets: set[int]) -> tuple[int, list[Change]]:
+def bucket_records(tx: Tx, grid: str, buckets: set[int]) -> tuple[int, list[Row]]:
     """Every record of the grid in the given buckets, with the grid counter."""
     state = tx.one("SELECT seq FROM grid_state WHERE grid = ?", (grid,))
-    out = []
+    out: list[Row] = []
     for seq, collection, rid, body in tx.all(
         "SELECT server_seq, collection, id, body FROM records WHERE grid = ? ORDER BY server_seq", (grid,)
     ):
         if bucket_of(collection, rid) in buckets:
-            out.append(Change(collection, rid, grid, load_state(body), server_seq=int(seq)))
+            out.append((grid, int(seq), collection, rid, body))
     return (int(state[0]) if state else 0), out

@@ -80,8 +80,8 @@ def main() -> None:
         status = json.loads(_run(["fieldsync", "status", "--store", store, "--json"], env))
         grid = status["grids"][0]
         print("\n# 5. Find a resident by ID number through the blind index (nothing is decrypted to search).")
-        from .demo_data import households, residents
         from .demo import WORKERS, build_demo  # noqa: F401 - same data as init-demo
+        from .demo_data import households, residents
 
         gi = next(i for wid, _, i in WORKERS if wid == "w-lijing")
         hh = households(300, grid, 2019 + gi)
