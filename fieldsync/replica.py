@@ -20,9 +20,6 @@ from .merge import DELETED, FieldWrite, merge_field
 from .protocol import N_BUCKETS, PulledRecord, PullResponse, Rejection, bucket_of, record_digest
 from .schema import normalise
 
-if TYPE_CHECKING:
-    from .store import Store
-
 __all__ = ["PageResult", "RejectedChange"]
 
 
@@ -55,16 +52,37 @@ def _dumps(obj: Any) -> bytes:
 class ReplicaMixin:
     """Sync bookkeeping of the device store (cursors, acks, rejections, pages, repair)."""
 
+    if TYPE_CHECKING:  # provided by Store
+        import sqlite3
+        import threading
+        from contextlib import AbstractContextManager
+
+        from .clock import HybridClock
+        from .crypto import Keyring
+        from .schema import Kind, Registry
+
+        _conn: sqlite3.Connection
+        _lock: threading.RLock
+        _keys: Keyring
+        registry: Registry
+        clock: HybridClock
+
+        def atomic(self) -> AbstractContextManager[Any]: ...
+        def _meta(self, key: str) -> Any: ...
+        def _row(self, collection: str, rid: str) -> tuple[str, int, dict[str, list[Any]]] | None: ...
+        def _save(self, kind: Kind, rid: str, grid: str, state: dict[str, list[Any]],
+                  writes: Any, *, outbox: bool) -> None: ...
+
     # -- state the client reads ---------------------------------------------
-    def cursors(self: "Store") -> dict[str, int]:
+    def cursors(self) -> dict[str, int]:
         with self._lock:
             return {g: int(s) for g, s in self._conn.execute("SELECT grid, server_seq FROM cursors").fetchall()}
 
-    def grids(self: "Store") -> list[str]:
+    def grids(self) -> list[str]:
         """The grids this device holds (its scope as of the last pull)."""
         return sorted(json.loads(self._meta("grids") or "[]"))
 
-    def _pending_fields(self: "Store", collection: str, rid: str) -> set[str]:
+    def _pending_fields(self, collection: str, rid: str) -> set[str]:
         rows = self._conn.execute(
             "SELECT body FROM outbox WHERE collection = ? AND id = ?", (collection, rid)
         ).fetchall()
@@ -73,13 +91,13 @@ class ReplicaMixin:
             fields.update(json.loads(self._keys.open(body, "_outbox", collection, rid)))
         return fields
 
-    def _has_pending(self: "Store", collection: str, rid: str) -> bool:
+    def _has_pending(self, collection: str, rid: str) -> bool:
         return self._conn.execute(
             "SELECT 1 FROM outbox WHERE collection = ? AND id = ? LIMIT 1", (collection, rid)
         ).fetchone() is not None
 
     # -- push results -----------------------------------------------------------
-    def apply_push_result(self: "Store", acked_seq: int, rejections: list[Rejection]) -> int:
+    def apply_push_result(self, acked_seq: int, rejections: list[Rejection]) -> int:
         """Record the server's answer to a push in one transaction.
 
         Each rejected change is kept (sealed) with its reason for the worker
@@ -110,7 +128,7 @@ class ReplicaMixin:
             cur = self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (acked_seq,))
             return cur.rowcount
 
-    def stale_buckets(self: "Store") -> dict[str, set[int]]:
+    def stale_buckets(self) -> dict[str, set[int]]:
         """Grid -> repair buckets holding records to fetch back from the server after a rejection.
 
         Stale records of grids outside the scope, with nothing pending, are
@@ -127,7 +145,7 @@ class ReplicaMixin:
                     out.setdefault(grid, set()).add(bucket_of(c, rid))
         return out
 
-    def rejections(self: "Store", include_dismissed: bool = False) -> list[RejectedChange]:
+    def rejections(self, include_dismissed: bool = False) -> list[RejectedChange]:
         """Changes the server refused, newest last, with the values that were sent."""
         sql = "SELECT seq, collection, id, code, message, field, created_ms, body FROM rejections"
         if not include_dismissed:
@@ -139,13 +157,13 @@ class ReplicaMixin:
             for seq, c, rid, code, msg, fld, ms, body in rows
         ]
 
-    def dismiss_rejection(self: "Store", seq: int) -> None:
+    def dismiss_rejection(self, seq: int) -> None:
         """Mark a rejection as dealt with (after the worker fixed and resubmitted, or gave up)."""
         with self.atomic():
             self._conn.execute("UPDATE rejections SET dismissed = 1 WHERE seq = ?", (seq,))
 
     # -- pulled pages ---------------------------------------------------------------
-    def apply_pull(self: "Store", page: PullResponse) -> PageResult:
+    def apply_pull(self, page: PullResponse) -> PageResult:
         """Apply one validated page, its cursors and scope changes atomically."""
         removed = 0
         with self.atomic():
@@ -162,14 +180,14 @@ class ReplicaMixin:
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('grids', ?)", (json.dumps(sorted(now)),))
         return PageResult(applied, removed, left, entered)
 
-    def _purge_grid(self: "Store", grid: str) -> int:
+    def _purge_grid(self, grid: str) -> int:
         """Remove a grid that left the scope, keeping records with unsynced changes."""
         rows = self._conn.execute("SELECT collection, id FROM records WHERE grid = ?", (grid,)).fetchall()
         n = sum(self._drop_if_clean(c, rid) for c, rid in rows)
         self._conn.execute("DELETE FROM cursors WHERE grid = ?", (grid,))
         return n
 
-    def _drop_if_clean(self: "Store", collection: str, rid: str) -> int:
+    def _drop_if_clean(self, collection: str, rid: str) -> int:
         if self._has_pending(collection, rid):
             return 0
         self._conn.execute("DELETE FROM stale WHERE collection = ? AND id = ?", (collection, rid))
@@ -177,7 +195,7 @@ class ReplicaMixin:
         self._conn.execute("DELETE FROM search WHERE collection = ? AND id = ?", (collection, rid))
         return 1
 
-    def _adopt_all(self: "Store", records: list[PulledRecord]) -> tuple[int, int]:
+    def _adopt_all(self, records: list[PulledRecord]) -> tuple[int, int]:
         """Adopt the server's versions (inside the caller's transaction).  Returns (applied, removed).
 
         Records with no pending local change (nearly all) take the fast path:
@@ -224,7 +242,7 @@ class ReplicaMixin:
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (self.clock.last.encode(),))
         return applied, removed
 
-    def _adopt_pending(self: "Store", rec: PulledRecord) -> None:
+    def _adopt_pending(self, rec: PulledRecord) -> None:
         """Adopt the server's version of a record that has unsynced local changes: merge those fields."""
         assert rec.state is not None
         collection, rid = rec.collection, rec.id
@@ -263,7 +281,7 @@ class ReplicaMixin:
             self._conn.execute("DELETE FROM search WHERE collection = ? AND id = ? AND field = ?", (collection, rid, gone))
 
     # -- integrity ------------------------------------------------------------------
-    def _digest_rows(self: "Store", grid: str) -> list[tuple[str, str, int]]:
+    def _digest_rows(self, grid: str) -> list[tuple[str, str, int]]:
         return [
             (c, rid, int(d)) for c, rid, d in self._conn.execute(
                 "SELECT collection, id, server_digest FROM records WHERE grid = ? AND server_digest IS NOT NULL",
@@ -271,7 +289,7 @@ class ReplicaMixin:
             ).fetchall()
         ]
 
-    def grid_checksum(self: "Store", grid: str) -> int:
+    def grid_checksum(self, grid: str) -> int:
         """XOR of the server digests this device holds for ``grid`` (compare with the server's)."""
         out = 0
         with self._lock:
@@ -279,14 +297,14 @@ class ReplicaMixin:
                 out ^= d
         return out
 
-    def bucket_digests(self: "Store", grid: str) -> list[int]:
+    def bucket_digests(self, grid: str) -> list[int]:
         buckets = [0] * N_BUCKETS
         with self._lock:
             for c, rid, d in self._digest_rows(grid):
                 buckets[bucket_of(c, rid)] ^= d
         return buckets
 
-    def apply_repair(self: "Store", grid: str, buckets: set[int], records: list[PulledRecord]) -> tuple[int, int]:
+    def apply_repair(self, grid: str, buckets: set[int], records: list[PulledRecord]) -> tuple[int, int]:
         """Replace the given buckets of ``grid`` with the server's records, keeping unsynced changes.
 
         Local records in those buckets that the server does not have, and that

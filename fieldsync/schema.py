@@ -154,6 +154,7 @@ def _type_problem(f: Field, value: Any) -> str | None:
         lat, lon = value.get("lat"), value.get("lon")
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (lat, lon)):
             return "needs numeric lat and lon"
+        assert lat is not None and lon is not None
         if not (-90 <= lat <= 90 and -180 <= lon <= 180):
             return "lat/lon out of range"
     if f.choices is not None:

@@ -16,6 +16,7 @@ Usage::
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import sqlite3
@@ -86,6 +87,19 @@ class Store(ReplicaMixin):
     derivation cost (OWASP's scrypt parameters by default; lower it only in
     tests).  ``wall`` (milliseconds) and ``now`` (seconds) inject time.
     """
+
+    path: Path
+    db: Database
+    registry: Registry
+    node_id: str
+    clock: HybridClock
+    attachments: AttachmentStore
+    _conn: sqlite3.Connection
+    _keys: crypto.Keyring
+    _lock: threading.RLock
+    _dek: bytes
+    _closed: bool
+    _offset_ms: int
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("use Store.create(path, pin) or Store.open(path, pin)")
@@ -328,11 +342,11 @@ class Store(ReplicaMixin):
             raise RecordNotFound(f"no {collection} record {rid!r}")
         return self._values(rid, found[2])
 
-    def list(self, collection: str, grid: str | None = None) -> list[dict[str, Any]]:
+    def list(self, collection: str, grid: str | None = None) -> builtins.list[dict[str, Any]]:
         """Every live record of a collection (optionally of one grid), decrypted."""
         self.registry.get(collection)
         sql = "SELECT id, body FROM records WHERE collection = ? AND deleted = 0"
-        params: list[Any] = [collection]
+        params: builtins.list[Any] = [collection]
         if grid is not None:
             sql += " AND grid = ?"
             params.append(grid)
@@ -347,7 +361,7 @@ class Store(ReplicaMixin):
             ).fetchone()
         return int(row[0])
 
-    def find(self, collection: str, field: str, value: str) -> list[dict[str, Any]]:
+    def find(self, collection: str, field: str, value: str) -> builtins.list[dict[str, Any]]:
         """Records whose ``field`` equals ``value`` after normalisation, via the blind index."""
         kind = self.registry.get(collection)
         how = kind.search_fields().get(field)
@@ -372,10 +386,10 @@ class Store(ReplicaMixin):
         """
         return self.put_many(collection, [record])[0]
 
-    def put_many(self, collection: str, records: Iterable[Mapping[str, Any]]) -> list[str]:
+    def put_many(self, collection: str, records: Iterable[Mapping[str, Any]]) -> builtins.list[str]:
         """:meth:`put` for many records in one transaction (all or nothing)."""
         kind = self.registry.get(collection)
-        ids: list[str] = []
+        ids: builtins.list[str] = []
         with self.atomic():
             for record in records:
                 ids.append(self._put_one(kind, record))
@@ -473,7 +487,7 @@ class Store(ReplicaMixin):
         self._conn.executemany("INSERT INTO search (collection, field, token, id) VALUES (?, ?, ?, ?)", rows)
 
     # -- outbox ----------------------------------------------------------
-    def outbox(self, limit: int = 500, after: int = 0) -> list[OutboxEntry]:
+    def outbox(self, limit: int = 500, after: int = 0) -> builtins.list[OutboxEntry]:
         """The oldest pending local changes, in ``seq`` order."""
         with self._lock:
             rows = self._conn.execute(

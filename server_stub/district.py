@@ -8,8 +8,6 @@ audit code.
 from __future__ import annotations
 
 import json
-import json
-import json
 import os
 import time
 from typing import Any, Iterable, Mapping
