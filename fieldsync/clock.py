@@ -103,6 +103,10 @@ class HybridClock:
         self._wall_ms = last.wall_ms if last else 0
         self._counter = last.counter if last else 0
 
+    def wall(self) -> int:
+        """The wall clock this clock reads (milliseconds)."""
+        return self._wall()
+
     @property
     def last(self) -> Stamp:
         """The latest stamp issued or observed (to persist across restarts)."""

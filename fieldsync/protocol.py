@@ -150,11 +150,8 @@ def record_digest(collection: str, rid: str, stamps: Mapping[str, str]) -> int:
     can keep it up to date in O(1) per change and a device can compute the
     same from the stamps it holds.
     """
-    h = hashlib.sha256()
-    h.update(f"{collection}\x00{rid}\x00".encode())
-    for name in sorted(stamps):
-        h.update(f"{name}={stamps[name]}\x00".encode())
-    return int.from_bytes(h.digest()[:8], "big") >> (64 - DIGEST_BITS)
+    text = "\x00".join([collection, rid, *(f"{name}={stamps[name]}" for name in sorted(stamps))]) + "\x00"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> (64 - DIGEST_BITS)
 
 
 def fold_digests(digests: Iterable[int]) -> int:
@@ -171,19 +168,31 @@ def bucket_of(collection: str, rid: str) -> int:
 
 # -- messages -------------------------------------------------------------------
 
+def _check_writes(state: Any, where: str) -> dict[str, list[Any]]:
+    """Check a map field -> [value, stamp, base] cheaply (no objects built per field)."""
+    if not isinstance(state, dict) or not state:
+        raise _fail(f"{where}: fields must be a non-empty object")
+    for name, w in state.items():
+        if not name or len(name) > 64 or (name[0] == "_" and name != DELETED):
+            raise _fail(f"{where}: bad field name {name!r}")
+        if (type(w) is not list or len(w) != 3 or not is_stamp(w[1])
+                or (w[2] is not None and not is_stamp(w[2]))):
+            raise _fail(f"{where}.{name}: a field write is [value, stamp, base]")
+    return state
+
+
 @dataclass(frozen=True)
 class Change:
-    """A set of field writes to one record, as pushed: the outbox entry ``seq``."""
+    """A set of field writes to one record, as pushed: the outbox entry ``seq``.
+
+    ``fields`` maps field -> ``[value, stamp, base]`` as sent (already checked).
+    """
 
     collection: str
     id: str
     grid: str
-    fields: dict[str, FieldWrite]
+    fields: dict[str, list[Any]]
     seq: int
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"seq": self.seq, "collection": self.collection, "id": self.id, "grid": self.grid,
-                "fields": {k: w.to_wire() for k, w in self.fields.items()}}
 
 
 def parse_change(data: Any) -> Change:
@@ -192,19 +201,7 @@ def parse_change(data: Any) -> Change:
     collection = _ident(d.get("collection"), "change.collection")
     rid = _ident(d.get("id"), "change.id")
     grid = _ident(d.get("grid"), "change.grid")
-    raw = _obj(d.get("fields"), "change.fields")
-    if not raw:
-        raise _fail("change.fields must not be empty")
-    fields: dict[str, FieldWrite] = {}
-    for name, wire in raw.items():
-        if not isinstance(name, str) or not name or len(name) > 64:
-            raise _fail("field names must be 1-64 characters")
-        if name.startswith("_") and name != DELETED:
-            raise _fail(f"field name {name!r} is reserved")
-        try:
-            fields[name] = FieldWrite.from_wire(wire)
-        except ValueError as exc:
-            raise _fail(f"change.fields.{name}: {exc}") from exc
+    fields = _check_writes(d.get("fields"), f"change {collection}/{rid}")
     return Change(collection, rid, grid, fields, _int(d.get("seq"), "change.seq", 1))
 
 
@@ -240,15 +237,7 @@ def parse_pulled(data: Any) -> PulledRecord:
     server_seq = _int(d.get("server_seq"), "change.server_seq", 1)
     if d.get("left") is True:
         return PulledRecord(collection, rid, grid, server_seq, None)
-    state = d.get("fields")
-    if not isinstance(state, dict) or not state:
-        raise _fail(f"change {collection}/{rid}: fields must be a non-empty object")
-    for name, w in state.items():
-        if not name or len(name) > 64 or (name[0] == "_" and name != DELETED):
-            raise _fail(f"change {collection}/{rid}: bad field name {name!r}")
-        if (type(w) is not list or len(w) != 3 or not is_stamp(w[1])
-                or (w[2] is not None and not is_stamp(w[2]))):
-            raise _fail(f"change {collection}/{rid}.{name}: a field write is [value, stamp, base]")
+    state = _check_writes(d.get("fields"), f"change {collection}/{rid}")
     return PulledRecord(collection, rid, grid, server_seq, state)
 
 

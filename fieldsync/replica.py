@@ -166,9 +166,11 @@ class ReplicaMixin:
     def apply_pull(self, page: PullResponse) -> PageResult:
         """Apply one validated page, its cursors and scope changes atomically."""
         removed = 0
+        before = set(self.grids())
+        now = set(page.grids)
+        if not page.changes and before == now and self.cursors() == page.cursors:
+            return PageResult(0, 0, [], [])  # nothing new: no write, no fsync
         with self.atomic():
-            before = set(self.grids())
-            now = set(page.grids)
             left = sorted(before - now)
             entered = sorted(now - before)
             for grid in left:

@@ -241,7 +241,7 @@ class SyncClient:
         try:
             pushed, rejected, revoked = self._push(progress)
             if revoked is not None:
-                self._revoked(revoked)
+                raise revoked
             pulled, removed, repaired = self._pull(progress)
         except DeviceRevokedError as exc:
             self._revoked(exc)
@@ -258,10 +258,10 @@ class SyncClient:
                           self._received, time.monotonic() - start, self.store.grids())
 
     def _revoked(self, exc: DeviceRevokedError) -> None:
+        """The server revoked this device: after the final push, erase the store if asked."""
         self._set_status(online=True, phase="idle", progress=None, last_error=str(exc))
         if exc.wipe:
             self.store.erase()
-        raise exc
 
     def _push(self, progress: Callable[[SyncProgress], None] | None) -> tuple[int, int, DeviceRevokedError | None]:
         pushed = rejected = 0
@@ -302,10 +302,29 @@ class SyncClient:
             stale = self.store.stale_buckets() if not page.more else {}
             for grid in sorted(set(page.checksums) | set(stale)):
                 forced = stale.get(grid, set())
-                if forced or self.store.grid_checksum(grid) != page.checksums.get(grid):
-                    repaired += self._repair(grid, forced, progress)
+                expected = page.checksums.get(grid)
+                if not forced and expected is not None and self._verified(grid, page.cursors[grid], expected):
+                    continue
+                repaired += self._repair(grid, forced, progress)
+                if expected is not None:
+                    self._verified(grid, page.cursors[grid], expected)
             if not page.more:
                 return pulled, removed, repaired
+
+    def _verified(self, grid: str, cursor: int, expected: int) -> bool:
+        """True when this device's copy of ``grid`` matches the server's checksum at ``cursor``.
+
+        A match is remembered, so a no-op sync does not rescan the grid: its
+        cost does not grow with the number of records held.
+        """
+        mark = f"{cursor}:{expected}"
+        key = f"verified:{grid}"
+        if self.store.get_meta(key) == mark:
+            return True
+        if self.store.grid_checksum(grid) != expected:
+            return False
+        self.store.set_meta(key, mark)
+        return True
 
     def _repair(self, grid: str, forced: set[int], progress: Callable[[SyncProgress], None] | None) -> int:
         """Fetch only the buckets of ``grid`` that differ from the server's (plus ``forced``

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 from fieldsync.clock import HybridClock
 from fieldsync.errors import ProtocolError
-from fieldsync.merge import FieldWrite, values_of
+from fieldsync.merge import values_of
 from fieldsync.protocol import (
     DEFAULT_PULL_LIMIT,
     MAX_PULL_LIMIT,
@@ -262,10 +262,11 @@ class District:
         with self.db.transaction() as tx:
             row = tx.one("SELECT body FROM records WHERE collection = ? AND id = ?", (collection, rid))
             current = load_state(row[0]) if row else {}
+            stamp = self.clock.now().encode()
             writes = {}
             for name, value in values.items():
                 cur = current.get(name)
-                writes[name] = FieldWrite(value, self.clock.now(), cur.stamp if cur else None)
+                writes[name] = [value, stamp, cur.stamp.encode() if cur else None]
             counters = GridCounters(tx)
             try:
                 apply_writes(counters, self.registry, self.clock, actor, collection, rid, writes)
@@ -280,8 +281,8 @@ class District:
             counters = GridCounters(tx)
             for record in records:
                 rid = str(record["id"])
-                stamp = self.clock.now()
-                writes = {k: FieldWrite(v, stamp, None) for k, v in record.items() if k != "id" and v is not None}
+                stamp = self.clock.now().encode()
+                writes = {k: [v, stamp, None] for k, v in record.items() if k != "id" and v is not None}
                 try:
                     apply_writes(counters, self.registry, self.clock, actor, collection, rid, writes)
                 except Refused as exc:

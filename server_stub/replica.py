@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from fieldsync.clock import HybridClock
+from fieldsync.clock import HybridClock, Stamp
 from fieldsync.errors import UnknownKindError, ValidationError
-from fieldsync.merge import Conflict, FieldWrite, is_deleted, merge_states, values_of
+from fieldsync.merge import DELETED, Conflict, FieldWrite, merge_states
 from fieldsync.protocol import N_BUCKETS, bucket_of, record_digest
 from fieldsync.schema import Registry
 from fieldsync.workflow import WORKER_PROTECTED_FIELDS, transition_allowed
@@ -94,12 +94,38 @@ class GridCounters:
                             [(seq, checksum, grid) for grid, (seq, checksum) in self._rows.items()])
 
 
+Wire = list  # [value, stamp, base]: a field write as stored and sent
+
+
 def load_state(body: str) -> dict[str, FieldWrite]:
     return {k: FieldWrite.from_wire(v) for k, v in json.loads(body).items()}
 
 
-def _dump_state(state: Mapping[str, FieldWrite]) -> str:
-    return json.dumps({k: w.to_wire() for k, w in state.items()}, ensure_ascii=False, separators=(",", ":"))
+def _decoded(state: Mapping[str, Wire]) -> dict[str, FieldWrite]:
+    return {k: FieldWrite.from_wire(w) for k, w in state.items()}
+
+
+def _clamped(clock: HybridClock, writes: Mapping[str, Wire]) -> dict[str, Wire]:
+    """The writes with stamps from the future clamped to the drift bound; the clock observes them.
+
+    Encoded stamps order like the stamps themselves, so the bound is checked
+    on the text; only a stamp beyond it is decoded.
+    """
+    limit = clock.wall() + clock.max_drift_ms
+    limit_hex = f"{limit:012x}"
+    out: dict[str, Wire] = {}
+    newest = ""
+    for name, w in writes.items():
+        stamp = w[1]
+        if stamp[:12] > limit_hex:
+            s = Stamp.decode(stamp)
+            stamp = Stamp(limit, s.counter, s.node).encode()
+            w = [w[0], stamp, w[2]]
+        out[name] = w
+        newest = max(newest, stamp)
+    if newest:
+        clock.observe(Stamp.decode(newest), clamp=True)
+    return out
 
 
 def apply_writes(
@@ -109,11 +135,13 @@ def apply_writes(
     actor: Actor,
     collection: str,
     rid: str,
-    writes: Mapping[str, FieldWrite],
+    writes: Mapping[str, Wire],
 ) -> list[Conflict]:
-    """Merge ``writes`` into record ``collection/rid``; raises :class:`Refused`.
+    """Merge ``writes`` (field -> [value, stamp, base]) into record ``collection/rid``.
 
-    Nothing is written when it raises.  Returns the conflicts recorded.
+    Raises :class:`Refused`; nothing is written when it does.  A new record
+    takes the writes as they are; an existing one is merged with
+    :func:`fieldsync.merge.merge_states`.  Returns the conflicts recorded.
     """
     tx = counters.tx
     try:
@@ -124,16 +152,21 @@ def apply_writes(
         raise Refused("field_not_allowed", "only the status of a conflict can be changed", "status")
     row = tx.one(f"SELECT grid, body, digest FROM records WHERE collection = ? AND id = ?{tx.for_update()}",
                  (collection, rid))
-    old_grid, old_state, old_digest = (row[0], load_state(row[1]), int(row[2])) if row else (None, {}, 0)
-    if old_grid is not None and not actor.may_touch(old_grid):
+    if row is not None and not actor.may_touch(row[0]):
         raise Refused("out_of_scope", "this record belongs to a grid you are not assigned to")
     # Clamp stamps from the future: a tablet with a wrong clock cannot win every conflict.
-    kept = {}
-    for name, w in writes.items():
-        stamp = clock.observe(w.stamp, clamp=True)
-        kept[name] = w if stamp == w.stamp else FieldWrite(w.value, stamp, w.base)
-    result = merge_states(old_state, kept)
-    values = values_of(result.state)
+    incoming = _clamped(clock, writes)
+    conflicts: list[Conflict] = []
+    if row is None:
+        old_grid, old_state, old_digest = None, {}, 0
+        state: dict[str, Wire] = incoming
+        changed = set(incoming)
+    else:
+        old_grid, old_state, old_digest = row[0], json.loads(row[1]), int(row[2])
+        result = merge_states(_decoded(old_state), _decoded(incoming))
+        state = {k: w.to_wire() for k, w in result.state.items()}
+        changed, conflicts = result.changed, result.conflicts
+    values = {k: w[0] for k, w in state.items() if k != DELETED}
     values["id"] = rid
     try:
         validated = kind.validate(values)
@@ -143,23 +176,21 @@ def apply_writes(
     if not actor.may_touch(new_grid):
         raise Refused("out_of_scope", f"grid {new_grid!r} is not assigned to you", kind.grid_field)
     if collection == "reports" and actor.role != "job":
-        _check_report(actor, old_state, result.state, result.changed)
-    if not result.changed and not result.conflicts:
-        return []
-    if result.changed:
-        _store(counters, collection, rid, result.state, old_grid, old_digest, new_grid)
-    for conflict in result.conflicts:
+        _check_report(actor, old_state, state, changed)
+    if changed:
+        _store(counters, collection, rid, state, old_grid, old_digest, new_grid)
+    for conflict in conflicts:
         _record_conflict(counters, clock, collection, rid, new_grid, conflict)
-    return result.conflicts
+    return conflicts
 
 
-def _check_report(actor: Actor, old: Mapping[str, FieldWrite], new: Mapping[str, FieldWrite], changed: set[str]) -> None:
+def _check_report(actor: Actor, old: Mapping[str, Wire], new: Mapping[str, Wire], changed: set[str]) -> None:
     if actor.role == "worker":
         for name in changed & WORKER_PROTECTED_FIELDS:
             raise Refused("field_not_allowed", f"reports.{name} is set by the command centre", name)
     if "status" in changed or not old:
-        before = old["status"].value if "status" in old else None
-        after = new["status"].value if "status" in new else None
+        before = old["status"][0] if "status" in old else None
+        after = new["status"][0] if "status" in new else None
         if after is None:
             raise Refused("validation_failed", "reports.status: is required", "status")
         if not transition_allowed(actor.role, before, after):
@@ -167,10 +198,10 @@ def _check_report(actor: Actor, old: Mapping[str, FieldWrite], new: Mapping[str,
                           f"a {actor.role} may not move a report from {before or 'new'} to {after}", "status")
 
 
-def _store(counters: GridCounters, collection: str, rid: str, state: Mapping[str, FieldWrite],
+def _store(counters: GridCounters, collection: str, rid: str, state: Mapping[str, Wire],
            old_grid: str | None, old_digest: int, new_grid: str) -> None:
     tx = counters.tx
-    digest = record_digest(collection, rid, {k: w.stamp.encode() for k, w in state.items()})
+    digest = record_digest(collection, rid, {k: w[1] for k, w in state.items()})
     if old_grid is not None and old_grid != new_grid:
         # The record leaves its old grid: devices there get a departure.
         leave_seq = counters.next(old_grid, old_digest)
@@ -178,13 +209,14 @@ def _store(counters: GridCounters, collection: str, rid: str, state: Mapping[str
                    (old_grid, leave_seq, collection, rid))
         old_digest = 0
     seq = counters.next(new_grid, old_digest ^ digest)
-    deleted = 1 if is_deleted(state) else 0
+    deleted = 1 if state.get(DELETED, (False,))[0] else 0
     tx.execute(
         "INSERT INTO records (collection, id, grid, server_seq, deleted, digest, body, updated_ms) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (collection, id) DO UPDATE SET grid = excluded.grid, "
         "server_seq = excluded.server_seq, deleted = excluded.deleted, digest = excluded.digest, "
         "body = excluded.body, updated_ms = excluded.updated_ms",
-        (collection, rid, new_grid, seq, deleted, digest, _dump_state(state), _now_ms()),
+        (collection, rid, new_grid, seq, deleted, digest,
+         json.dumps(state, ensure_ascii=False, separators=(",", ":")), _now_ms()),
     )
 
 
@@ -200,7 +232,8 @@ def _record_conflict(counters: GridCounters, clock: HybridClock, collection: str
         "kept_value": conflict.winner.value, "kept_stamp": conflict.winner.stamp.encode(),
         "lost_value": conflict.loser.value, "lost_stamp": conflict.loser.stamp.encode(), "status": "open",
     }
-    state = {k: FieldWrite(v, stamp, None) for k, v in values.items() if v is not None}
+    wire = stamp.encode()
+    state = {k: [v, wire, None] for k, v in values.items() if v is not None}
     _store(counters, "conflicts", cid, state, None, 0, grid)
 
 
