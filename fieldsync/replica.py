@@ -189,9 +189,15 @@ class ReplicaMixin:
         self._conn.execute("DELETE FROM cursors WHERE grid = ?", (grid,))
         return n
 
-    def _drop_if_clean(self, collection: str, rid: str) -> int:
+    def _drop_if_clean(self, collection: str, rid: str, only_in_grid: str | None = None) -> int:
+        """Remove a record that has no pending local change; returns 1 if removed."""
         if self._has_pending(collection, rid):
             return 0
+        row = self._conn.execute("SELECT grid FROM records WHERE collection = ? AND id = ?", (collection, rid)).fetchone()
+        if row is None or (only_in_grid is not None and row[0] != only_in_grid):
+            return 0
+        # The grid's content changed locally: its remembered checksum match no longer holds.
+        self._conn.execute("DELETE FROM meta WHERE key = ?", (f"app:verified:{row[0]}",))
         self._conn.execute("DELETE FROM stale WHERE collection = ? AND id = ?", (collection, rid))
         self._conn.execute("DELETE FROM records WHERE collection = ? AND id = ?", (collection, rid))
         self._conn.execute("DELETE FROM search WHERE collection = ? AND id = ?", (collection, rid))
@@ -213,7 +219,9 @@ class ReplicaMixin:
         for rec in records:
             key = (rec.collection, rec.id)
             if rec.state is None:
-                removed += self._drop_if_clean(*key)
+                # Only if it is still held under the grid it left: the record
+                # may already have arrived under its new grid on an earlier page.
+                removed += self._drop_if_clean(*key, only_in_grid=rec.grid)
                 continue
             applied += 1
             state = rec.state

@@ -329,8 +329,8 @@ class Store(ReplicaMixin):
 
     @staticmethod
     def _values(rid: str, state: Mapping[str, _Wire]) -> dict[str, Any]:
-        out = {"id": rid}
-        out.update({k: w[0] for k, w in state.items() if k != DELETED})
+        out = {k: w[0] for k, w in state.items() if k != DELETED}
+        out["id"] = rid
         return out
 
     def get(self, collection: str, rid: str) -> dict[str, Any]:

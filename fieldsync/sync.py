@@ -7,9 +7,8 @@
     client.status                                    # immutable SyncStatus for a UI
 
 Network errors and 5xx answers are retried with exponential backoff and full
-jitter; 4xx answers are not, except the two the protocol names
-(``timestamp_stale``: the clock offset is corrected and the request re-signed;
-``too_many_attempts``).  A push is safe to repeat: the server applies each
+jitter; 4xx answers are not, except ``timestamp_stale``: the clock offset is
+corrected from the server's time and the request re-signed, once.  A push is safe to repeat: the server applies each
 outbox ``seq`` once.  Every page is validated before anything is applied.
 """
 
@@ -34,6 +33,8 @@ from .identity import Identity, load_identity, new_key, public_key_b64, save_ide
 from .protocol import (
     DEFAULT_PULL_LIMIT,
     H_SCHEMA,
+    MAX_PULL_LIMIT,
+    MAX_PUSH_CHANGES,
     N_BUCKETS,
     bucket_of,
     dumps,
@@ -156,8 +157,8 @@ class SyncClient:
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self.page_limit = page_limit
-        self.push_batch = push_batch
+        self.page_limit = max(1, min(page_limit, MAX_PULL_LIMIT))
+        self.push_batch = max(1, min(push_batch, MAX_PUSH_CHANGES))
         self.on_status = on_status
         self._sleep = sleep
         self._rng = rng or random.Random()

@@ -17,7 +17,7 @@ import time
 from typing import Callable
 
 from . import crypto
-from .errors import PinLockedError, StoreErasedError, WrongPinError
+from .errors import AuthError, PinLockedError, StoreErasedError, WrongPinError
 
 __all__ = ["MAX_FAILURES", "delay_after", "PinGuard"]
 
@@ -33,7 +33,7 @@ def delay_after(failures: int) -> int:
 
 def _check_pin_text(pin: str) -> None:
     if not isinstance(pin, str) or len(pin) < 4:
-        raise ValueError("the PIN must have at least 4 characters")
+        raise AuthError("the PIN must have at least 4 characters")
 
 
 class PinGuard:

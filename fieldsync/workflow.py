@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __all__ = ["ROLES", "REPORT_TRANSITIONS", "WORKER_PROTECTED_FIELDS", "transition_allowed", "allowed_next"]
 
-ROLES = ("worker", "command", "department", "job")
+ROLES = ("worker", "command", "department", "job")  # plus "admin" on the server: imports, no checks
 
 # (from, to) pairs per role; None is "the report does not exist yet".
 REPORT_TRANSITIONS: dict[str, frozenset[tuple[str | None, str]]] = {

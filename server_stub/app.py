@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
@@ -54,7 +55,9 @@ def _error(exc: ApiError) -> Response:
 
 async def _raw_body(request: Request) -> bytes:
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+    if length is not None and not length.isdigit():
+        raise ApiError(400, "bad_request", "Content-Length is not a number")
+    if length is not None and int(length) > MAX_BODY_BYTES:
         raise ApiError(413, "too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
     chunks = []
     size = 0
@@ -64,6 +67,11 @@ async def _raw_body(request: Request) -> bytes:
             raise ApiError(413, "too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _no_constants(name: str) -> Any:
+    # NaN and Infinity are not JSON: other clients could not read them back.
+    raise ValueError(f"{name} is not allowed in JSON")
 
 
 def _decode(raw: bytes, encoding: str | None) -> dict[str, Any]:
@@ -79,7 +87,7 @@ def _decode(raw: bytes, encoding: str | None) -> dict[str, Any]:
     elif encoding and encoding.lower() != "identity":
         raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported (use gzip)")
     try:
-        data = json.loads(raw) if raw else {}
+        data = json.loads(raw, parse_constant=_no_constants) if raw else {}
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_request", "the body is not valid JSON") from exc
     if not isinstance(data, dict):
@@ -134,6 +142,11 @@ def create_app(district: District) -> Starlette:
     async def openapi(request: Request) -> Response:
         return _answer(openapi_document())
 
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "bad_request")
+        return _error(ApiError(status, code, f"{request.method} {request.url.path}: {code.replace('_', ' ')}"))
+
     async def on_error(request: Request, exc: Exception) -> Response:
         log.error("unexpected error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
         return _answer({"error": {"code": "internal", "message": "the server failed; the request had no effect"}}, 500)
@@ -151,5 +164,5 @@ def create_app(district: District) -> Starlette:
     return Starlette(
         routes=routes,
         middleware=[Middleware(GZipMiddleware, minimum_size=1024)],
-        exception_handlers={Exception: on_error},
+        exception_handlers={HTTPException: on_http_error, Exception: on_error},
     )

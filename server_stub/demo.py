@@ -30,7 +30,7 @@ DEPARTMENTS = ("城管", "食药监", "公安", "工商", "医院", "民政")
 def build_demo(district: District, households_per_grid: int = 300, seed: int = 2019,
                progress: Callable[[str], None] = lambda msg: None) -> list[str]:
     """Fill ``district`` with the demo; safe to run twice (records are upserted by id)."""
-    job = Actor("init-demo", "job")
+    job = Actor("init-demo", "admin")
     for wid, name, _ in WORKERS:
         district.add_worker(wid, name, "worker")
     for sid, name, role in STAFF:

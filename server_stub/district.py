@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Any, Iterable, Mapping
 
@@ -44,6 +45,9 @@ from .replica import (
 __all__ = ["District"]
 
 
+_NODE_RE = re.compile(r"[A-Za-z0-9-]{1,40}")
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -76,7 +80,7 @@ class District:
         name = body.get("device_name", "")
         if not isinstance(code, str) or not code or len(code) > 64:
             raise _bad("code must be the enrollment code text")
-        if not isinstance(node, str) or not node or len(node) > 40 or not node.replace("-", "").isalnum():
+        if not isinstance(node, str) or not _NODE_RE.fullmatch(node):
             raise _bad("node_id must be 1-40 letters, digits or -")
         if not isinstance(name, str):
             raise _bad("device_name must be text")
@@ -109,11 +113,13 @@ class District:
         seqs = [c.seq for c in changes]
         if any(b <= a for a, b in zip(seqs, seqs[1:])):
             raise _bad("changes must be in strictly increasing seq order")
-        first = seqs[0] if seqs else 0
+        first = seqs[0] if seqs else None
         with self.db.transaction() as tx:
             row = tx.one(f"SELECT last_seq FROM devices WHERE id = ?{tx.for_update()}", (device.id,))
             assert row is not None
             last = int(row[0])
+            if first is None:  # an empty push: no batch, so no rejections to repeat
+                first = last + 1
             actor = self._actor(tx, device)
             counters = GridCounters(tx)
             applied = 0

@@ -45,7 +45,7 @@ class Actor:
     """Who is writing: a worker's device (scoped to ``grids``) or a server role."""
 
     id: str
-    role: str  # worker | command | department | job
+    role: str  # worker | command | department | job | admin (imports: no workflow checks)
     grids: frozenset[str] | None = None  # None: every grid (server roles)
 
     def may_touch(self, grid: str) -> bool:
@@ -149,7 +149,8 @@ def apply_writes(
     except UnknownKindError:
         raise Refused("unknown_kind", f"no record kind {collection!r} on this server") from None
     if collection == "conflicts" and actor.role == "worker" and set(writes) - {"status"}:
-        raise Refused("field_not_allowed", "only the status of a conflict can be changed", "status")
+        other = sorted(set(writes) - {"status"})[0]
+        raise Refused("field_not_allowed", "only the status of a conflict can be changed", other)
     row = tx.one(f"SELECT grid, body, digest FROM records WHERE collection = ? AND id = ?{tx.for_update()}",
                  (collection, rid))
     if row is not None and not actor.may_touch(row[0]):
@@ -175,7 +176,7 @@ def apply_writes(
         raise Refused("validation_failed", str(exc), exc.field) from None
     if not actor.may_touch(new_grid):
         raise Refused("out_of_scope", f"grid {new_grid!r} is not assigned to you", kind.grid_field)
-    if collection == "reports" and actor.role != "job":
+    if collection == "reports" and actor.role != "admin":
         _check_report(actor, old_state, state, changed)
     if changed:
         _store(counters, collection, rid, state, old_grid, old_digest, new_grid)

@@ -23,8 +23,6 @@ import pytest
 import fieldsync
 from fieldsync import Store
 
-pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs SIGKILL")
-
 PIN = "2580"
 WRITER = Path(__file__).with_name("crash_writer.py")
 

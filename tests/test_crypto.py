@@ -178,7 +178,7 @@ def test_change_pin_with_wrong_old_pin(store: Store, store_path: Path) -> None:
     with pytest.raises(WrongPinError) as err:
         store.change_pin(WRONG, "731946")
     assert err.value.attempts_left == unlock.MAX_FAILURES - 1
-    with pytest.raises(ValueError):
+    with pytest.raises(fieldsync.AuthError):
         store.change_pin(PIN, "12")  # too short
     store.close()
     with pytest.raises(WrongPinError):

@@ -588,13 +588,12 @@ def test_create_over_existing_path_raises(store: Store, store_path: Path, fast_k
 
 
 def test_short_pin_is_refused_and_leaves_nothing(store_path: Path, fast_kdf: fieldsync.KdfParams) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(fieldsync.AuthError):
         Store.create(store_path, "123", kdf=fast_kdf)
     assert not store_path.exists()
     assert not Path(f"{store_path}-wal").exists()
 
 
-@pytest.mark.skipif(os.name != "posix", reason="file modes are a posix notion")
 def test_store_file_is_private(store: Store, store_path: Path) -> None:
     store.put("households", household())
     assert stat.S_IMODE(store_path.stat().st_mode) == 0o600
