@@ -93,24 +93,27 @@ class AttachmentStore:
             raise StoreFullError(f"could not save attachment: {exc.strerror or exc}") from exc
         with self._atomic():
             self._conn.execute(
-                "INSERT OR IGNORE INTO attachments (hash, file, size, created_ms) VALUES (?, ?, ?, ?)",
-                (content_hash, name, size, int(time.time() * 1000)),
+                "INSERT OR IGNORE INTO attachments (name, size, created_ms) VALUES (?, ?, ?)",
+                (name, size, int(time.time() * 1000)),
             )
         return Attachment(content_hash, size)
 
+    def _name(self, content_hash: str) -> str:
+        return self._keys.attachment_name(content_hash)
+
     def exists(self, content_hash: str) -> bool:
-        row = self._conn.execute("SELECT 1 FROM attachments WHERE hash = ?", (content_hash,)).fetchone()
+        row = self._conn.execute("SELECT 1 FROM attachments WHERE name = ?", (self._name(content_hash),)).fetchone()
         return row is not None
 
     def size(self, content_hash: str) -> int:
-        row = self._conn.execute("SELECT size FROM attachments WHERE hash = ?", (content_hash,)).fetchone()
+        row = self._conn.execute("SELECT size FROM attachments WHERE name = ?", (self._name(content_hash),)).fetchone()
         if row is None:
             raise RecordNotFound(f"no attachment {content_hash[:12]}")
         return int(row[0])
 
     def chunks(self, content_hash: str) -> Iterator[bytes]:
         """Yield the plaintext in chunks, verifying every one (IntegrityError if tampered)."""
-        row = self._conn.execute("SELECT file FROM attachments WHERE hash = ?", (content_hash,)).fetchone()
+        row = self._conn.execute("SELECT name FROM attachments WHERE name = ?", (self._name(content_hash),)).fetchone()
         if row is None:
             raise RecordNotFound(f"no attachment {content_hash[:12]}")
         digest = hashlib.sha256()
@@ -138,9 +141,9 @@ class AttachmentStore:
         return n
 
     def remove(self, content_hash: str) -> None:
-        row = self._conn.execute("SELECT file FROM attachments WHERE hash = ?", (content_hash,)).fetchone()
+        row = self._conn.execute("SELECT name FROM attachments WHERE name = ?", (self._name(content_hash),)).fetchone()
         if row is None:
             return
         with self._atomic():
-            self._conn.execute("DELETE FROM attachments WHERE hash = ?", (content_hash,))
+            self._conn.execute("DELETE FROM attachments WHERE name = ?", (row[0],))
         (self.folder / row[0]).unlink(missing_ok=True)

@@ -41,7 +41,8 @@ __all__ = [
 NONCE_SIZE = 12
 KEY_SIZE = 32
 CHUNK_SIZE = 64 * 1024
-_STREAM_MAGIC = b"FSA1"
+_STREAM_MAGIC = b"FSA2"
+_SALT_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,13 @@ def _subkey(dek: bytes, purpose: str) -> bytes:
 
 
 def _place(*parts: str) -> bytes:
-    # Unambiguous associated data: length-prefixed parts.
-    return b"".join(struct.pack(">H", len(p.encode())) + p.encode() for p in parts)
+    # Unambiguous associated data: each part prefixed with its 2-byte length.
+    out = bytearray()
+    for part in parts:
+        raw = part.encode()
+        out += len(raw).to_bytes(2, "big")
+        out += raw
+    return bytes(out)
 
 
 class Keyring:
@@ -95,7 +101,7 @@ class Keyring:
             raise ValueError("data key must be 32 bytes")
         self._records = AESGCM(_subkey(dek, "record"))
         self._index_key = _subkey(dek, "blind-index")
-        self._attachments = AESGCM(_subkey(dek, "attachment"))
+        self._attachment_key = _subkey(dek, "attachment")
         self._names_key = _subkey(dek, "attachment-name")
 
     # -- records ---------------------------------------------------------
@@ -115,31 +121,42 @@ class Keyring:
     def blind_token(self, collection: str, field: str, normalised: str) -> bytes:
         """A keyed, deterministic search token; reveals nothing without the key."""
         msg = _place(collection, field, normalised)
-        return hmac.new(self._index_key, msg, hashlib.sha256).digest()[:16]
+        return hmac.digest(self._index_key, msg, "sha256")[:16]
 
     # -- attachments -----------------------------------------------------
     def attachment_name(self, content_hash: str) -> str:
         """The on-disk file name for a content hash (so names do not reveal the hash)."""
         return hmac.new(self._names_key, content_hash.encode(), hashlib.sha256).hexdigest()[:40]
 
+    def _file_cipher(self, salt: bytes) -> AESGCM:
+        # Each file has its own key (HKDF of the attachment key with a random
+        # 16-byte salt kept in the file header), so nonces never repeat across
+        # files however many photos a tablet holds.
+        key = HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=salt, info=b"fieldsync/attachment-file").derive(
+            self._attachment_key)
+        return AESGCM(key)
+
     def encrypt_stream(self, src: BinaryIO, dst: BinaryIO, content_hash: str) -> int:
         """Encrypt ``src`` into ``dst`` in chunks; returns plaintext bytes written.
 
-        Each chunk is its own AES-GCM message whose associated data binds the
-        content hash, the chunk index and whether it is the final chunk, so a
-        reordered, dropped or truncated chunk fails to decrypt.
+        The file starts with a magic and a random salt that derives this
+        file's own key.  Each chunk is its own AES-GCM message (nonce = chunk
+        index) whose associated data binds the content hash, the index and
+        whether it is the final chunk, so a reordered, dropped or truncated
+        chunk fails to decrypt.
         """
-        prefix = os.urandom(4)
-        dst.write(_STREAM_MAGIC + prefix)
+        salt = os.urandom(_SALT_SIZE)
+        cipher = self._file_cipher(salt)
+        dst.write(_STREAM_MAGIC + salt)
         total = 0
         index = 0
         chunk = src.read(CHUNK_SIZE)
         while True:
             nxt = src.read(CHUNK_SIZE) if chunk else b""
             final = not nxt
-            nonce = prefix + struct.pack(">Q", index)
+            nonce = struct.pack(">4xQ", index)
             aad = _place(content_hash, str(index), "final" if final else "more")
-            sealed = self._attachments.encrypt(nonce, chunk, aad)
+            sealed = cipher.encrypt(nonce, chunk, aad)
             dst.write(struct.pack(">I", len(sealed)) + sealed)
             total += len(chunk)
             if final:
@@ -148,10 +165,10 @@ class Keyring:
 
     def decrypt_stream(self, src: BinaryIO, content_hash: str) -> Iterator[bytes]:
         """Yield plaintext chunks; raises IntegrityError on any tampering or truncation."""
-        header = src.read(8)
-        if len(header) != 8 or header[:4] != _STREAM_MAGIC:
+        header = src.read(len(_STREAM_MAGIC) + _SALT_SIZE)
+        if len(header) != len(_STREAM_MAGIC) + _SALT_SIZE or not header.startswith(_STREAM_MAGIC):
             raise IntegrityError(f"attachment {content_hash[:12]} is not an encrypted stream")
-        prefix = header[4:]
+        cipher = self._file_cipher(header[len(_STREAM_MAGIC):])
         index = 0
         while True:
             size_bytes = src.read(4)
@@ -161,11 +178,11 @@ class Keyring:
             if size > CHUNK_SIZE + 16:
                 raise IntegrityError(f"attachment {content_hash[:12]} has a malformed chunk")
             sealed = src.read(size)
-            nonce = prefix + struct.pack(">Q", index)
+            nonce = struct.pack(">4xQ", index)
             for final in (False, True):
                 aad = _place(content_hash, str(index), "final" if final else "more")
                 try:
-                    chunk = self._attachments.decrypt(nonce, sealed, aad)
+                    chunk = cipher.decrypt(nonce, sealed, aad)
                     break
                 except InvalidTag:
                     continue

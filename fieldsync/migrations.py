@@ -50,9 +50,10 @@ def _initial(db: Database) -> None:
         )"""
     )
     db.execute(
+        # Keyed by the file name (a keyed hash of the content hash), never by
+        # the content hash itself: holding a known photo must not be provable.
         """CREATE TABLE attachments (
-            hash TEXT PRIMARY KEY,
-            file TEXT NOT NULL,
+            name TEXT PRIMARY KEY,
             size INTEGER NOT NULL,
             created_ms INTEGER NOT NULL
         )"""

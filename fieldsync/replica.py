@@ -19,6 +19,7 @@ from .clock import Stamp
 from .merge import DELETED, FieldWrite, merge_field
 from .protocol import N_BUCKETS, PulledRecord, PullResponse, Rejection, bucket_of, record_digest
 from .schema import normalise
+from .writebatch import WriteBatch
 
 __all__ = ["PageResult", "RejectedChange"]
 
@@ -70,8 +71,6 @@ class ReplicaMixin:
         def atomic(self) -> AbstractContextManager[Any]: ...
         def _meta(self, key: str) -> Any: ...
         def _row(self, collection: str, rid: str) -> tuple[str, int, dict[str, list[Any]]] | None: ...
-        def _save(self, kind: Kind, rid: str, grid: str, state: dict[str, list[Any]],
-                  writes: Any, *, outbox: bool) -> None: ...
 
     # -- state the client reads ---------------------------------------------
     def cursors(self) -> dict[str, int]:
@@ -275,7 +274,9 @@ class ReplicaMixin:
             value = state.get(kind.grid_field, [None])[0] if kind.grid_field != "id" else rid
             grid = value if isinstance(value, str) and value else grid
             writes = {k: v for k, v in state.items() if local.get(k) != v}
-            self._save(kind, rid, grid, state, writes, outbox=False)
+            batch = WriteBatch(self._keys, self.clock)
+            batch.save(kind, rid, grid, state, writes, outbox=False, is_new=found is None)
+            batch.flush(self._conn)
         else:  # a kind this app does not know (a newer server): keep it as it is
             deleted = 1 if state.get(DELETED, [False])[0] else 0
             self._conn.execute(

@@ -47,6 +47,7 @@ from .migrations import STORE_FORMAT, store_migrations
 from .replica import ReplicaMixin
 from .schema import Kind, Registry, default_registry, normalise
 from .unlock import PinGuard
+from .writebatch import WriteBatch
 
 __all__ = ["Store", "OutboxEntry", "StoreStatus"]
 
@@ -389,10 +390,17 @@ class Store(ReplicaMixin):
     def put_many(self, collection: str, records: Iterable[Mapping[str, Any]]) -> builtins.list[str]:
         """:meth:`put` for many records in one transaction (all or nothing)."""
         kind = self.registry.get(collection)
-        ids: builtins.list[str] = []
+        items = builtins.list(records)
+        for record in items:
+            if not isinstance(record, Mapping):
+                raise ValidationError(kind.name, "*", "a record must be an object")
+        ids = [record.get("id") or uuid.uuid4().hex for record in items]
         with self.atomic():
-            for record in records:
-                ids.append(self._put_one(kind, record))
+            known = self._states(collection, [rid for record, rid in zip(items, ids) if "id" in record])
+            batch = WriteBatch(self._keys, self.clock)
+            for record, rid in zip(items, ids):
+                self._put_one(kind, rid, record, known, batch)
+            batch.flush(self._conn)
         return ids
 
     def delete(self, collection: str, rid: str) -> None:
@@ -403,17 +411,28 @@ class Store(ReplicaMixin):
             if found is None or found[1]:
                 raise RecordNotFound(f"no {collection} record {rid!r}")
             grid, _, state = found
-            writes = {DELETED: self._write(True, state.get(DELETED))}
-            self._save(kind, rid, grid, state, writes, outbox=True)
+            tomb = state.get(DELETED)
+            writes = {DELETED: [True, self.clock.now().encode(), tomb[1] if tomb else None]}
+            batch = WriteBatch(self._keys, self.clock)
+            batch.save(kind, rid, grid, {**state, **writes}, writes, outbox=True, is_new=False)
+            batch.flush(self._conn)
 
-    def _write(self, value: Any, current: _Wire | None) -> _Wire:
-        return [value, self.clock.now().encode(), current[1] if current else None]
+    def _states(self, collection: str, ids: builtins.list[str]) -> dict[str, tuple[str, int, dict[str, _Wire]]]:
+        """The stored (grid, deleted, state) of the given records that exist, in a few queries."""
+        out: dict[str, tuple[str, int, dict[str, _Wire]]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            rows = self._conn.execute(
+                f"SELECT id, grid, deleted, body FROM records WHERE collection = ? AND id IN ({','.join('?' * len(chunk))})",
+                (collection, *chunk),
+            ).fetchall()
+            for rid, grid, deleted, body in rows:
+                out[rid] = (grid, deleted, self._state(collection, rid, body))
+        return out
 
-    def _put_one(self, kind: Kind, record: Mapping[str, Any]) -> str:
-        if not isinstance(record, Mapping):
-            raise ValidationError(kind.name, "*", "a record must be an object")
-        rid = record.get("id") or uuid.uuid4().hex
-        found = self._row(kind.name, rid) if "id" in record else None
+    def _put_one(self, kind: Kind, rid: str, record: Mapping[str, Any],
+                 known: dict[str, tuple[str, int, dict[str, _Wire]]], batch: WriteBatch) -> None:
+        found = known.get(rid)
         state: dict[str, _Wire] = found[2] if found else {}
         merged = {k: w[0] for k, w in state.items() if k != DELETED}
         merged.update(record)
@@ -421,6 +440,7 @@ class Store(ReplicaMixin):
         merged = {k: v for k, v in merged.items() if v is not None}
         validated = kind.validate(merged)
         grid = kind.grid_of(validated)
+        stamp = ""  # one stamp for all fields of this write, taken only if something changed
         writes: dict[str, _Wire] = {}
         for name, value in record.items():
             if name == "id":
@@ -428,63 +448,20 @@ class Store(ReplicaMixin):
             if name.startswith("_"):
                 raise ValidationError(kind.name, name, "names starting with _ are reserved")
             current = state.get(name)
-            if current is not None and current[0] == value:
+            if (current is not None and current[0] == value) or (current is None and value is None):
                 continue
-            if current is None and value is None:
-                continue
-            writes[name] = self._write(value, current)
+            stamp = stamp or self.clock.now().encode()
+            writes[name] = [value, stamp, current[1] if current else None]
         if found is not None and found[1]:
-            writes[DELETED] = self._write(False, state.get(DELETED))
-        if writes or found is None:
-            self._save(kind, rid, grid, state, writes, outbox=True)
-        return rid
-
-    def _save(
-        self,
-        kind: Kind,
-        rid: str,
-        grid: str,
-        state: dict[str, _Wire],
-        writes: Mapping[str, _Wire],
-        *,
-        outbox: bool,
-    ) -> None:
-        """Write a record's new state, its search tokens and (for local writes) an outbox entry."""
-        collection = kind.name
-        state = {**state, **writes}
-        deleted = 1 if state.get(DELETED, [False])[0] else 0
-        newest = max(w[1] for w in state.values()) if state else self.clock.last.encode()
-        self._conn.execute(
-            "INSERT OR REPLACE INTO records (collection, id, grid, deleted, stamp, body) VALUES (?, ?, ?, ?, ?, ?)",
-            (collection, rid, grid, deleted, newest, self._keys.seal(_dumps(state), collection, rid)),
-        )
-        self._index(kind, rid, state, writes, deleted)
-        if outbox:
-            self._conn.execute(
-                "INSERT INTO outbox (collection, id, grid, created_ms, body) VALUES (?, ?, ?, ?, ?)",
-                (collection, rid, grid, int(time.time() * 1000),
-                 self._keys.seal(_dumps(writes), "_outbox", collection, rid)),
-            )
-        self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (self.clock.last.encode(),))
-
-    def _index(self, kind: Kind, rid: str, state: Mapping[str, _Wire], writes: Mapping[str, _Wire], deleted: int) -> None:
-        search = kind.search_fields()
-        touched = [f for f in search if f in writes] if DELETED not in writes else list(search)
-        if not touched:
+            tomb = state.get(DELETED)
+            stamp = stamp or self.clock.now().encode()
+            writes[DELETED] = [False, stamp, tomb[1] if tomb else None]
+        if not writes and found is not None:
             return
-        self._conn.execute(
-            f"DELETE FROM search WHERE collection = ? AND id = ? AND field IN ({','.join('?' * len(touched))})",
-            (kind.name, rid, *touched),
-        )
-        if deleted:
-            return
-        rows = []
-        for fname in touched:
-            value = state.get(fname, [None])[0]
-            if isinstance(value, str) and value:
-                token = self._keys.blind_token(kind.name, fname, normalise(search[fname], value))
-                rows.append((kind.name, fname, token, rid))
-        self._conn.executemany("INSERT INTO search (collection, field, token, id) VALUES (?, ?, ?, ?)", rows)
+        new_state = {**state, **writes} if state else writes
+        deleted = 1 if new_state.get(DELETED, (False,))[0] else 0
+        known[rid] = (grid, deleted, new_state)  # a later record of the batch with the same id sees this one
+        batch.save(kind, rid, grid, new_state, writes, outbox=True, is_new=found is None)
 
     # -- outbox ----------------------------------------------------------
     def outbox(self, limit: int = 500, after: int = 0) -> builtins.list[OutboxEntry]:

@@ -91,7 +91,11 @@ _FAMILY_SIZES = ((1, 18), (2, 30), (3, 27), (4, 14), (5, 8), (6, 3))
 _LAST_BIRTH_YEAR = 2023
 
 _VISIT_NOTES = {
-    "社保年审": ("已协助完成养老金资格认证", "提醒携带身份证到街道行政事务服务中心办理", "老人行动不便，已预约上门认证"),
+    "社保年审": (
+        "已协助完成养老金资格认证",
+        "提醒携带身份证到街道行政事务服务中心办理",
+        "老人行动不便，已预约上门认证",
+    ),
     "低保复核": ("核对家庭收入情况，材料齐全", "子女已就业，家庭人均收入需重新核定", "需补交医疗费用票据后再复核"),
     "独居老人探访": ("老人身体状况良好，生活能自理", "家中燃气灶老化，建议更换", "老人反映腿脚不便，需要助餐服务"),
     "政策宣传": ("宣传全区通办，可在任一街道窗口办事", "发放网格员联系卡，登记联系电话", "讲解城乡居民医保缴费政策"),
@@ -233,18 +237,20 @@ def households(n: int, grid_id: str = GRIDS[0]["id"], seed: int = 0, *, people: 
         if born > 1965 and rng.random() < 0.06:
             tags.append("失业")
         surname = rng.choices(_SURNAMES, _SURNAME_WEIGHTS)[0]
-        out.append({
-            "id": f"h-{grid_id}-{i:05d}",
-            "grid_id": grid_id,
-            "address": f"武昌区{info['street']}{info['community']}{building}栋{unit}单元{room}",
-            "building": f"{building}栋",
-            "unit": f"{unit}单元",
-            "room": room,
-            "head_name": _name(rng, surname, rng.random() < 0.55, born),
-            "phone": _phone(rng),
-            "members": members,
-            "tags": tags,
-        })
+        out.append(
+            {
+                "id": f"h-{grid_id}-{i:05d}",
+                "grid_id": grid_id,
+                "address": f"武昌区{info['street']}{info['community']}{building}栋{unit}单元{room}",
+                "building": f"{building}栋",
+                "unit": f"{unit}单元",
+                "room": room,
+                "head_name": _name(rng, surname, rng.random() < 0.55, born),
+                "phone": _phone(rng),
+                "members": members,
+                "tags": tags,
+            }
+        )
     return out
 
 
@@ -411,7 +417,11 @@ def reports(
         timeline: list[dict[str, str]] = []
         step_at = at
         for step in _STATUS_PATH[: _STATUS_PATH.index(status) + 1]:
-            by = reporter if step in ("submitted", "confirmed") else ("command-centre" if step == "dispatched" else department)
+            by = (
+                reporter
+                if step in ("submitted", "confirmed")
+                else ("command-centre" if step == "dispatched" else department)
+            )
             timeline.append({"status": step, "at": step_at.isoformat(), "by": by})
             step_at += timedelta(hours=rng.randrange(1, 30))
         record: Record = {

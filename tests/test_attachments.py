@@ -115,9 +115,12 @@ def test_deleted_file_is_an_integrity_error(store: Store, photo: Path) -> None:
 
 # -- tampering ------------------------------------------------------------------
 
+HEADER = 4 + 16  # magic + per-file key salt
+
+
 def _frames(blob: bytes) -> tuple[bytes, list[bytes]]:
     """Split an encrypted stream into its header and length-prefixed chunk frames."""
-    header, pos, frames = blob[:8], 8, []
+    header, pos, frames = blob[:HEADER], HEADER, []
     while pos < len(blob):
         (size,) = struct.unpack(">I", blob[pos:pos + 4])
         frames.append(blob[pos:pos + 4 + size])
@@ -145,7 +148,7 @@ def _flip_byte(blob: bytes) -> bytes:
 TAMPERS = {
     "truncated-mid-chunk": lambda b: b[: len(b) - 100],
     "truncated-at-chunk-boundary": _truncate_at_frame,
-    "truncated-to-header": lambda b: b[:8],
+    "truncated-to-header": lambda b: b[:HEADER],
     "flipped-byte": _flip_byte,
     "flipped-header": lambda b: bytes([b[0] ^ 1]) + b[1:],
     "swapped-chunks": _swap_chunks,

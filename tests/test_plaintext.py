@@ -70,7 +70,7 @@ def test_no_plaintext_on_disk(store_path: Path, fast_kdf: fieldsync.KdfParams, t
     store.put("visits", visit)
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(b"\xff\xd8\xff\xe0" + MARKER * 50 + bytes(200_000) + MARKER)
-    store.attachments.add(photo)
+    photo_hash = store.attachments.add(photo).hash
     # updates and deletes leave old versions behind in pages and WAL frames
     store.put("residents", {"id": "r-0702-1", "relation": "本人", "tags": ["独居老人"]})
     store.put("households", {"id": "h-0702", "notes": NOTES + "(已安排志愿者)"})
@@ -86,6 +86,11 @@ def test_no_plaintext_on_disk(store_path: Path, fast_kdf: fieldsync.KdfParams, t
     assert Path(f"{store_path}-shm").exists()
     assert len(list(Path(f"{store_path}-attachments").iterdir())) == 1
     assert scan(store_files(store_path)) == []
+
+    # The photo's content hash is not stored in clear either: a copy of the
+    # files must not prove that the tablet holds a given (known) photo.
+    raw = b"".join(f.read_bytes() for f in store_files(store_path) if f.is_file())
+    assert photo_hash.encode() not in raw and bytes.fromhex(photo_hash) not in raw
 
     store.close()
     assert scan(store_files(store_path)) == []
