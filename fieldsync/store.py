@@ -290,6 +290,30 @@ class Store(ReplicaMixin):
         with self.atomic():
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ("app:" + key, value))
 
+    def put_local(self, name: str, value: Any) -> None:
+        """Keep a JSON value on this device only, encrypted (drafts, UI state); it never syncs."""
+        with self.atomic():
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                               ("local:" + name, self._keys.seal(_dumps(value), "_local", name)))
+
+    def get_local(self, name: str, default: Any = None) -> Any:
+        """A value kept with :meth:`put_local`, or ``default``."""
+        with self._lock:
+            sealed = self._meta("local:" + name)
+        return default if sealed is None else json.loads(self._keys.open(sealed, "_local", name))
+
+    def delete_local(self, name: str) -> None:
+        with self.atomic():
+            self._conn.execute("DELETE FROM meta WHERE key = ?", ("local:" + name,))
+
+    def local_names(self, prefix: str = "") -> builtins.list[str]:
+        """Names of the local values starting with ``prefix``."""
+        with self._lock:
+            rows = self._conn.execute("SELECT key FROM meta WHERE key LIKE ? ESCAPE '!' ORDER BY key",
+                                      ("local:" + prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%",)
+                                      ).fetchall()
+        return [r[0][len("local:"):] for r in rows]
+
     def _set_secret(self, key: str, value: bytes) -> None:
         with self.atomic():
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",

@@ -622,3 +622,17 @@ def test_record_bodies_are_not_json_in_clear(store: Store) -> None:
     assert grid == GRID
     with pytest.raises((UnicodeDecodeError, json.JSONDecodeError)):
         json.loads(body)
+
+
+def test_local_values_stay_on_the_device_and_are_sealed(store: Store, store_path: Path) -> None:
+    before = store.outbox_size()
+    store.put_local("draft:visit", {"notes": "独居老人王秀英,血压偏高", "purpose": "独居老人探访"})
+    store.put_local("draft:report", {"description": "楼道堆放杂物"})
+    store.put_local("draft_other", 1)
+    assert store.get_local("draft:visit") == {"notes": "独居老人王秀英,血压偏高", "purpose": "独居老人探访"}
+    assert store.local_names("draft:") == ["draft:report", "draft:visit"]  # '_' in a prefix is literal
+    assert store.outbox_size() == before  # never synced
+    raw = b"".join(p.read_bytes() for p in store_path.parent.glob(store_path.name + "*") if p.is_file())
+    assert "血压偏高".encode() not in raw and "楼道堆放杂物".encode() not in raw
+    store.delete_local("draft:visit")
+    assert store.get_local("draft:visit", "gone") == "gone"
