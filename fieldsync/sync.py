@@ -46,9 +46,10 @@ from .schema import SCHEMA_VERSION
 from .store import Store
 from .transport import Request, RequestsTransport, Response, Transport
 
-__all__ = ["SyncClient", "SyncStatus", "SyncProgress", "SyncResult", "enroll"]
+__all__ = ["SyncClient", "SyncStatus", "SyncProgress", "SyncResult", "Enrollment", "enroll", "enrollment"]
 
 _GZIP_OVER = 1024
+REVERIFY_MS = 6 * 3600 * 1000  # a grid's full checksum scan runs at least this often
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,23 @@ class SyncResult:
     bytes_received: int = 0
     seconds: float = 0.0
     grids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """Who this store's device is on its server (no key material)."""
+
+    device_id: str
+    worker_id: str
+    server_url: str
+
+
+def enrollment(store: Store) -> Enrollment | None:
+    """This store's enrollment, or None if it has not enrolled yet."""
+    identity = load_identity(store)
+    if identity is None:
+        return None
+    return Enrollment(identity.device_id, identity.worker_id, identity.server_url)
 
 
 def _default_transport(identity: Identity) -> Transport:
@@ -315,16 +333,22 @@ class SyncClient:
     def _verified(self, grid: str, cursor: int, expected: int) -> bool:
         """True when this device's copy of ``grid`` matches the server's checksum at ``cursor``.
 
-        A match is remembered, so a no-op sync does not rescan the grid: its
-        cost does not grow with the number of records held.
+        A match is remembered for :data:`REVERIFY_MS`, so a no-op sync does not
+        rescan the grid and its cost does not grow with the records held; a
+        full rescan still runs at least that often, which catches local damage
+        even when nothing changes on the server.
         """
-        mark = f"{cursor}:{expected}"
         key = f"verified:{grid}"
-        if self.store.get_meta(key) == mark:
-            return True
+        now = self.store.now_ms()
+        mark = self.store.get_meta(key)
+        if isinstance(mark, str):
+            parts = mark.split(":")
+            if len(parts) == 3 and parts[0] == str(cursor) and parts[1] == str(expected) \
+                    and now - int(parts[2]) < REVERIFY_MS:
+                return True
         if self.store.grid_checksum(grid) != expected:
             return False
-        self.store.set_meta(key, mark)
+        self.store.set_meta(key, f"{cursor}:{expected}:{now}")
         return True
 
     def _repair(self, grid: str, forced: set[int], progress: Callable[[SyncProgress], None] | None) -> int:

@@ -122,6 +122,11 @@ class District:
                 first = last + 1
             actor = self._actor(tx, device)
             counters = GridCounters(tx)
+            if any(c.seq > last for c in changes):
+                # Lock the grid counters before any record row, always in the same
+                # order: otherwise two pushes (record X then grid g / grid g then
+                # record X) deadlock on PostgreSQL and one of them fails with a 500.
+                counters.lock(actor.grids or ())
             applied = 0
             for change in changes:
                 if change.seq <= last:
@@ -171,6 +176,10 @@ class District:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PULL_LIMIT:
             raise _bad(f"limit must be an integer from 1 to {MAX_PULL_LIMIT}")
         with self.db.transaction() as tx:
+            if tx.dialect == "postgresql":
+                # One snapshot for the counter and the rows: under READ COMMITTED a
+                # commit between the two SELECTs sends a checksum the page does not match.
+                tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             grids = auth.scope_of(tx, device.worker_id)
             rows, out_cursors, checksums, more = page(tx, grids, cursors, limit)
         head = json.dumps({"cursors": out_cursors, "checksums": checksums, "grids": grids, "more": more,
@@ -266,14 +275,17 @@ class District:
     def write(self, actor: Actor, collection: str, rid: str, values: Mapping[str, Any]) -> None:
         """A server-side write (command centre, department, job) with server stamps."""
         with self.db.transaction() as tx:
-            row = tx.one("SELECT body FROM records WHERE collection = ? AND id = ?", (collection, rid))
+            row = tx.one("SELECT body, grid FROM records WHERE collection = ? AND id = ?", (collection, rid))
             current = load_state(row[0]) if row else {}
+            counters = GridCounters(tx)
+            kind_grid = self.registry.get(collection).grid_field if collection in self.registry else "grid_id"
+            # Grid counters before record rows, in sorted order, like every other writer.
+            counters.lock({g for g in (row[1] if row else None, values.get(kind_grid)) if isinstance(g, str)})
             stamp = self.clock.now().encode()
             writes = {}
             for name, value in values.items():
                 cur = current.get(name)
                 writes[name] = [value, stamp, cur.stamp.encode() if cur else None]
-            counters = GridCounters(tx)
             try:
                 apply_writes(counters, self.registry, self.clock, actor, collection, rid, writes)
             except Refused as exc:
@@ -283,9 +295,12 @@ class District:
     def write_many(self, actor: Actor, collection: str, records: Iterable[Mapping[str, Any]]) -> int:
         """Bulk server-side creation (demo data, imports) in one transaction."""
         n = 0
+        items = list(records)
         with self.db.transaction() as tx:
             counters = GridCounters(tx)
-            for record in records:
+            kind = self.registry.get(collection)
+            counters.lock({str(r.get("id" if kind.grid_field == "id" else kind.grid_field)) for r in items})
+            for record in items:
                 rid = str(record["id"])
                 stamp = self.clock.now().encode()
                 writes = {k: [v, stamp, None] for k, v in record.items() if k != "id" and v is not None}

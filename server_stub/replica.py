@@ -82,6 +82,16 @@ class GridCounters:
             row = self._rows[grid] = [int(found[0]), int(found[1])]
         return row
 
+    def lock(self, grids: Iterable[str]) -> None:
+        """Lock these grids' counters now, in sorted order.
+
+        Every writer takes grid counters before record rows and in the same
+        order, so two transactions can never wait on each other in a cycle
+        (PostgreSQL would abort one of them as a deadlock).
+        """
+        for grid in sorted(set(grids)):
+            self._load(grid)
+
     def next(self, grid: str, checksum_delta: int = 0) -> int:
         """The grid's next server_seq, folding ``checksum_delta`` into its checksum."""
         row = self._load(grid)
