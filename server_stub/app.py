@@ -89,7 +89,7 @@ def _decode(raw: bytes, encoding: str | None) -> dict[str, Any]:
     try:
         data = json.loads(raw, parse_constant=_no_constants) if raw else {}
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "bad_request", "the body is not valid JSON") from exc
+        raise ApiError(400, "bad_request", f"the body is not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
     return data
