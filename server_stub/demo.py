@@ -8,6 +8,7 @@ reports, the grid workers named in the article, the command centre
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Callable
 
 from . import demo_data
@@ -42,6 +43,9 @@ def build_demo(district: District, households_per_grid: int = 300, seed: int = 2
         grid = demo_data.GRIDS[gi]["id"]
         district.assign(wid, grid)
         records = demo_data.grid_records(grid, households_per_grid, seed + gi, visits_per_household=3, n_reports=12)
+        # Visits of the last 75 days, so "not visited in 30 days" marks some households, not all.
+        records["visits"] = demo_data.visits(records["households"], 3, seed + gi, worker_id=wid,
+                                             start=date.today() - timedelta(days=75), days=75)
         records["grids"][0]["workers"] = [wid]
         for v in records["visits"]:
             v["worker_id"] = wid

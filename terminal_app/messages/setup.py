@@ -1,0 +1,27 @@
+from ..i18n import register
+
+register({
+    "setup.title": ("首次使用:连接指挥中心", "First use: connect to the district"),
+    "setup.server": ("服务器地址", "Server address"),
+    "setup.server_hint": ("例如 https://wgh.wuchang.gov.cn", "e.g. https://district.example.org"),
+    "setup.code": ("注册码(由指挥中心发放)", "Enrollment code (from the command centre)"),
+    "setup.code_hint": ("例如 ABCD-EFGH-JKMN", "e.g. ABCD-EFGH-JKMN"),
+    "setup.pin_title": ("设置开机密码", "Choose a PIN"),
+    "setup.pin_help": ("至少6位数字。忘记密码无法找回数据,连续输错10次数据将被清除。",
+                       "At least 6 digits. A forgotten PIN cannot be recovered; 10 wrong PINs in a row erase the data."),
+    "setup.pin": ("密码", "PIN"),
+    "setup.pin_again": ("再输入一次", "PIN again"),
+    "setup.enroll": ("注册并开始使用", "Enroll and start"),
+    "setup.checking": ("正在连接服务器…", "Contacting the server…"),
+    "setup.enrolling": ("正在注册,请稍候…", "Enrolling, please wait…"),
+    "setup.pin_short": ("密码至少6位", "The PIN needs at least 6 digits"),
+    "setup.pin_mismatch": ("两次输入的密码不一致", "The two PINs differ"),
+    "setup.error.bad_url": ("服务器地址不正确:{detail}", "The server address is not valid: {detail}"),
+    "setup.error.unreachable": ("连不上服务器,请检查网络后重试", "Cannot reach the server; check the network and try again"),
+    "setup.error.not_a_server": ("这个地址不是网格服务器", "That address is not a district server"),
+    "setup.error.enrollment_code_invalid": ("注册码无效或已被使用", "The enrollment code is not valid or was already used"),
+    "setup.error.enrollment_code_expired": ("注册码已过期,请向指挥中心重新申请", "The code has expired; ask for a new one"),
+    "setup.error.too_many_attempts": ("尝试次数过多,请稍后再试", "Too many attempts; try again later"),
+    "setup.error.other": ("注册失败:{detail}", "Enrollment failed: {detail}"),
+    "setup.wiped": ("此设备已被指挥中心注销,数据已清除。", "This device was revoked and its data erased."),
+})
