@@ -330,6 +330,21 @@ class SyncClient:
             if not page.more:
                 return pulled, removed, repaired
 
+    def wait_for_changes(self, timeout_s: float = 25.0) -> list[str]:
+        """Long-poll the server: the grids that changed after this device's cursors.
+
+        Returns as soon as something changed, or an empty list after
+        ``timeout_s`` (at most 30).  Raises SyncError subclasses like sync().
+        """
+        cursors = self.store.cursors()
+        sent = {g: cursors.get(g, 0) for g in set(cursors) | set(self.store.grids())}
+        data = self._call("/v1/wait", {"schema_version": SCHEMA_VERSION, "cursors": sent,
+                                       "timeout_ms": int(max(0.0, min(timeout_s, 30.0)) * 1000)})
+        changed = data.get("changed") if isinstance(data, dict) else None
+        if not isinstance(changed, list) or not all(isinstance(g, str) for g in changed):
+            raise ProtocolError("the wait answer lacks a list of changed grids")
+        return changed
+
     def _verified(self, grid: str, cursor: int, expected: int) -> bool:
         """True when this device's copy of ``grid`` matches the server's checksum at ``cursor``.
 

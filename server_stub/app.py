@@ -30,6 +30,7 @@ from fieldsync.schema import SCHEMA_VERSION
 from .auth import ApiError, Device
 from .district import District
 from .openapi import openapi_document
+from .watch import GridWatch
 
 __all__ = ["create_app"]
 
@@ -118,6 +119,22 @@ def create_app(district: District) -> Starlette:
                 return _error(exc)
         return endpoint
 
+    watch = GridWatch(district.db)
+
+    async def wait(request: Request) -> Response:
+        """Long-poll: answer when the device's grids change after its cursors, or at the timeout."""
+        try:
+            raw = await _raw_body(request)
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            device = await run_in_threadpool(
+                district.authenticate, request.method, request.url.path, request.url.query, raw, headers)
+            body = _decode(raw, request.headers.get("content-encoding"))
+            grids, cursors, timeout_ms = await run_in_threadpool(district.wait_request, device, body)
+            changed = await watch.wait(grids, cursors, timeout_ms)
+            return _answer({"changed": changed, "server_time_ms": _now_ms()})
+        except ApiError as exc:
+            return _error(exc)
+
     async def hello(request: Request) -> Response:
         return _answer({"service": "fieldsync-district", "protocol_version": PROTOCOL_VERSION,
                         "schema_version": SCHEMA_VERSION, "server_time_ms": _now_ms()})
@@ -159,6 +176,7 @@ def create_app(district: District) -> Starlette:
         Route("/v1/pull", signed(district.pull), methods=["POST"]),
         Route("/v1/buckets", signed(district.buckets), methods=["POST"]),
         Route("/v1/repair", signed(district.repair), methods=["POST"]),
+        Route("/v1/wait", wait, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
     return Starlette(

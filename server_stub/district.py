@@ -186,6 +186,24 @@ class District:
                            "server_time_ms": _now_ms()}, ensure_ascii=False, separators=(",", ":"))
         return (head[:-1] + ',"changes":' + encode_rows(rows) + "}").encode("utf-8")
 
+    def wait_request(self, device: Device, body: Mapping[str, Any]) -> tuple[list[str], dict[str, int], int]:
+        """Check a long-poll request: (the device's grids, its cursors, the timeout in ms)."""
+        from .watch import MAX_WAIT_MS
+
+        device.refuse_if_revoked()
+        _schema_version(body)
+        cursors = body.get("cursors", {})
+        if not isinstance(cursors, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in cursors.items()
+        ):
+            raise _bad("cursors must map grid ids to integers >= 0")
+        timeout = body.get("timeout_ms", 25_000)
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 0 <= timeout <= MAX_WAIT_MS:
+            raise _bad(f"timeout_ms must be an integer from 0 to {MAX_WAIT_MS}")
+        with self.db.transaction() as tx:
+            grids = auth.scope_of(tx, device.worker_id)
+        return grids, cursors, timeout
+
     def _scoped_grid(self, tx: Tx, device: Device, body: Mapping[str, Any]) -> str:
         grid = body.get("grid")
         if not isinstance(grid, str):

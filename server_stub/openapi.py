@@ -59,6 +59,8 @@ def openapi_document() -> dict[str, Any]:
                                         "BucketsResponse", (400, 401, 403, 413, 415))},
             "/v1/repair": {"post": _op("Records of chosen buckets of one grid (repair step 2)", "RepairRequest",
                                        "RepairResponse", (400, 401, 403, 413, 415))},
+            "/v1/wait": {"post": _op("Long-poll: wait until the device's grids change after its cursors", "WaitRequest",
+                                     "WaitResponse", (400, 401, 403, 413, 415, 426))},
         },
         "components": {
             "securitySchemes": {
@@ -119,6 +121,13 @@ def openapi_document() -> dict[str, Any]:
                                                 "cursors": {"type": "object", "additionalProperties": {"type": "integer"}},
                                                 "checksums": {"type": "object", "additionalProperties": {"type": "integer"}},
                                                 "grids": {"type": "array", "items": _ID}, "more": {"type": "boolean"},
+                                                "server_time_ms": {"type": "integer"}}},
+                "WaitRequest": {"type": "object", "required": ["schema_version"],
+                                "properties": {"schema_version": schema_version,
+                                               "cursors": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+                                               "timeout_ms": {"type": "integer", "minimum": 0, "maximum": 30000}}},
+                "WaitResponse": {"type": "object", "required": ["changed", "server_time_ms"],
+                                 "properties": {"changed": {"type": "array", "items": _ID},
                                                 "server_time_ms": {"type": "integer"}}},
                 "BucketsRequest": {"type": "object", "required": ["grid"], "properties": {"grid": _ID}},
                 "BucketsResponse": {"type": "object", "required": ["grid", "seq", "buckets"],

@@ -2,8 +2,10 @@
 
 A :class:`SyncWorker` owns one background thread.  It syncs when the server
 becomes reachable again (probing every ``probe_interval_s`` while offline),
-every ``interval_s`` while online, soon after a local save, and whenever
-:meth:`request` is called (the sync button).  It reports through two
+every ``interval_s`` while online, soon after a local save, whenever
+:meth:`request` is called (the sync button), and within seconds of a change
+on the server: while online a second thread long-polls the server
+(``SyncClient.wait_for_changes``) so a dispatched report shows up at once.  It reports through two
 callbacks called on the worker thread; the UI wraps them so they run on the
 UI thread (Kivy's ``@mainthread``).  The UI thread never waits for a sync.
 """
@@ -45,12 +47,17 @@ class SyncWorker:
         self._due_at = 0.0  # monotonic time of the next scheduled sync
         self.online = False
         self.running = False
+        self.long_poll_s = 25.0
         self._thread: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, watch: bool = True) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="fieldsync-sync", daemon=True)
             self._thread.start()
+        if watch and self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="fieldsync-watch", daemon=True)
+            self._watcher.start()
 
     def stop(self, timeout: float = 10) -> None:
         self._stop.set()
@@ -58,6 +65,25 @@ class SyncWorker:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self._watcher = None  # a long-poll in flight ends by itself; the thread is a daemon
+
+    def _watch(self) -> None:
+        """While online, long-poll the server and sync as soon as it reports a change."""
+        while not self._stop.is_set():
+            if not self.online or self.running:
+                self._stop.wait(1.0)
+                continue
+            client = self._client_factory(lambda status: None)
+            if client is None:
+                self._stop.wait(1.0)
+                continue
+            try:
+                changed = client.wait_for_changes(self.long_poll_s)
+            except Exception:  # noqa: BLE001 - the sync loop notices real outages
+                self._stop.wait(self.probe_interval_s)
+                continue
+            if changed and not self._stop.is_set():
+                self.request()
 
     def request(self) -> None:
         """Sync as soon as possible (the sync button)."""
