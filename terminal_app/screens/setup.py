@@ -17,6 +17,20 @@ class SetupScreen(FieldScreen):
     step = StringProperty("server")  # "server" then "pin"
     busy = BooleanProperty(False)
 
+    def on_kv_post(self, base_widget: object) -> None:
+        # Only the current step is in the layout: a hidden step must not take touches.
+        self._boxes = {"server": self.ids.server_box, "pin": self.ids.pin_box}
+        for box in self._boxes.values():
+            box.parent.remove_widget(box)
+        self.on_step(self, self.step)
+
+    def on_step(self, _screen: object, step: str) -> None:
+        if not hasattr(self, "_boxes"):
+            return
+        holder = self.ids.steps
+        holder.clear_widgets()
+        holder.add_widget(self._boxes[step])
+
     def prepare(self, **params: object) -> None:
         self.step = "server"
         self.message = ""

@@ -7,8 +7,11 @@ when the record it became has been saved.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 import uuid
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import fieldsync
@@ -86,3 +89,130 @@ def save_report(store: Store, *, grid_id: str, reporter_id: str, category: str, 
         "attachments": attachments or None, "reported_at": now_iso(), "status": "submitted",
     }
     return store.put("reports", {k: v for k, v in record.items() if v is not None})
+
+
+# -- the visit form: what the visit screen edits, drafts and saves ------------------
+
+LOCATION_MAX = 200
+
+
+def visit_draft_name(household_id: str) -> str:
+    """The draft slot of the visit form for one household (one draft per household)."""
+    return f"visit:{household_id}"
+
+
+@dataclass
+class VisitForm:
+    """The visit form as the worker left it: the draft's content, before any validation."""
+
+    purpose: str = ""
+    notes: str = ""
+    needs: list[str] = field(default_factory=list)
+    follow_up: str = ""
+    location: str = ""
+
+    @classmethod
+    def from_draft(cls, data: Any) -> "VisitForm":
+        """Rebuild a form from a stored draft, dropping anything malformed rather than failing."""
+        if not isinstance(data, dict):
+            return cls()
+
+        def text(key: str) -> str:
+            value = data.get(key)
+            return value if isinstance(value, str) else ""
+
+        raw_needs = data.get("needs")
+        needs = [n for n in raw_needs if isinstance(n, str) and n] if isinstance(raw_needs, list) else []
+        return cls(purpose=text("purpose"), notes=text("notes"), needs=list(dict.fromkeys(needs)),
+                   follow_up=text("follow_up"), location=text("location"))
+
+    def to_draft(self) -> dict[str, Any]:
+        return {"purpose": self.purpose, "notes": self.notes, "needs": list(self.needs),
+                "follow_up": self.follow_up, "location": self.location}
+
+    def is_empty(self) -> bool:
+        """Nothing typed or chosen: no draft is worth keeping."""
+        return not (self.purpose or self.notes.strip() or self.needs or self.follow_up.strip()
+                    or self.location.strip())
+
+
+def follow_up_after(today: date, days: int) -> str:
+    """The follow-up date ``days`` after ``today``, as the form shows it (YYYY-MM-DD)."""
+    return (today + timedelta(days=days)).isoformat()
+
+
+FOLLOW_UP_BAD_DATE = "must be a date like 2024-05-31"
+FOLLOW_UP_PAST = "must not be before today"
+
+
+_DATE_RE = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})")
+
+
+def parse_follow_up(text: str, today: date) -> str | None:
+    """The follow-up date typed by the worker as ISO text, or None when left empty.
+
+    Accepts 2024-06-01, 2024-6-1, 2024/6/1 and full-width digits (a Chinese
+    keyboard).  Raises :class:`fieldsync.ValidationError` on ``follow_up``
+    with the problem ``FOLLOW_UP_BAD_DATE`` or ``FOLLOW_UP_PAST``.
+    """
+    value = unicodedata.normalize("NFKC", text or "").strip()
+    if not value:
+        return None
+    match = _DATE_RE.fullmatch(value)
+    try:
+        if match is None:
+            raise ValueError(value)
+        day = date(int(match[1]), int(match[2]), int(match[3]))
+    except ValueError:
+        raise fieldsync.ValidationError("visits", "follow_up", FOLLOW_UP_BAD_DATE) from None
+    if day < today:
+        raise fieldsync.ValidationError("visits", "follow_up", FOLLOW_UP_PAST)
+    return day.isoformat()
+
+
+def submit_visit(store: Store, form: VisitForm, *, grid_id: str, household_id: str, worker_id: str,
+                 today: date, visited_at: str | None = None) -> str:
+    """Check the form and save the visit; returns its id.
+
+    Raises :class:`fieldsync.ValidationError` naming the field at fault
+    (``purpose``, ``follow_up``, ``location``, ``notes`` ...); nothing is
+    saved then.  Needs keep the order of :data:`VISIT_NEEDS`; a need that is
+    not one of them (from an older draft) is kept after them.
+    """
+    if not form.purpose.strip():
+        raise fieldsync.ValidationError("visits", "purpose", "is required")
+    follow_up = parse_follow_up(form.follow_up, today)
+    location = form.location.strip()
+    if len(location) > LOCATION_MAX:
+        raise fieldsync.ValidationError("visits", "location", f"must be at most {LOCATION_MAX} characters")
+    needs = [n for n in VISIT_NEEDS if n in form.needs] + [n for n in form.needs if n not in VISIT_NEEDS]
+    return save_visit(store, grid_id=grid_id, household_id=household_id, worker_id=worker_id,
+                      purpose=form.purpose.strip(), notes=form.notes.strip(), needs=needs,
+                      follow_up=follow_up, location=location or None, visited_at=visited_at)
+
+
+_TOO_LONG_RE = re.compile(r"must be at most (\d+) characters")
+
+
+def problem_message(problem: str) -> tuple[str, dict[str, Any]]:
+    """The catalog key (and its values) that says a validation ``problem`` in the worker's words.
+
+    Problems without a translation map to ``visit.problem.other`` with the
+    library's own text as ``problem``.
+    """
+    if problem == "is required":
+        return "common.required", {}
+    if problem == FOLLOW_UP_BAD_DATE:
+        return "visit.problem.bad_date", {}
+    if problem == FOLLOW_UP_PAST:
+        return "visit.problem.past", {}
+    too_long = _TOO_LONG_RE.fullmatch(problem)
+    if too_long:
+        return "visit.problem.too_long", {"n": int(too_long[1])}
+    if problem.startswith("must be one of"):
+        return "visit.problem.choice", {}
+    return "visit.problem.other", {"problem": problem}
+
+
+__all__ += ["VisitForm", "visit_draft_name", "follow_up_after", "parse_follow_up", "submit_visit",
+            "problem_message", "FOLLOW_UP_BAD_DATE", "FOLLOW_UP_PAST", "LOCATION_MAX"]

@@ -131,3 +131,58 @@ class GridModel:
         reports = [p for p in self.store.list("reports", grid) if p.get("household_id") == household_id]
         reports.sort(key=lambda p: p.get("reported_at", ""), reverse=True)
         return HouseholdDetail(household, members, visits, reports)
+
+
+# -- household detail: what the household screen shows ----------------------------
+
+
+def household_place(household: dict[str, Any]) -> str:
+    """Building, unit and room (what a worker reads on the door), else the address."""
+    place = "".join(str(household.get(k) or "") for k in ("building", "unit", "room"))
+    return place or str(household.get("address") or "")
+
+
+def mask_id_number(id_number: str) -> str:
+    """420106********0020: the area code and the last four, never the birth date."""
+    value = "".join(str(id_number or "").split())
+    if len(value) > 10:
+        return value[:6] + "*" * (len(value) - 10) + value[-4:]
+    if len(value) > 4:
+        return "*" * (len(value) - 2) + value[-2:]
+    return "*" * len(value)
+
+
+def age_on(birth_date: Any, today: date) -> int | None:
+    """Whole years from ``birth_date`` (ISO text) to ``today``; None when unknown or not a date."""
+    if not isinstance(birth_date, str):
+        return None
+    try:
+        born = date.fromisoformat(birth_date[:10])
+    except ValueError:
+        return None
+    if born > today:
+        return None
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+def first_line(text: Any) -> str:
+    """The first non-empty line of a free-text note ("" for none)."""
+    if not isinstance(text, str):
+        return ""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def iso_day(value: Any) -> str:
+    """The calendar day (YYYY-MM-DD) of an ISO date or date-time, in its own offset; "" if unreadable."""
+    if not isinstance(value, str) or not value:
+        return ""
+    try:
+        return datetime.fromisoformat(value).date().isoformat()
+    except ValueError:
+        try:
+            return date.fromisoformat(value[:10]).isoformat()
+        except ValueError:
+            return ""
+
+
+__all__ += ["household_place", "mask_id_number", "age_on", "first_line", "iso_day"]
