@@ -10,7 +10,7 @@ register({
     "common.none": ("无", "None"),
     "common.saved": ("已保存", "Saved"),
     "common.required": ("{field}不能为空", "{field} is required"),
-    "common.unknown_error": ("出错了:{message}", "Something went wrong: {message}"),
+    "common.unknown_error": ("出错了：{message}", "Something went wrong: {message}"),
     "tag.低保": ("低保", "Subsistence allowance"),
     "tag.独居老人": ("独居老人", "Elderly living alone"),
     "tag.残疾": ("残疾", "Disability"),

@@ -10,7 +10,7 @@ register({
     "sync.pushing": ("正在上传 {n} 条", "Sending {n}"),
     "sync.pulling": ("正在下载 {n} 条", "Receiving {n}"),
     "sync.repairing": ("正在核对数据", "Checking data"),
-    "sync.error": ("同步失败:{message}", "Sync failed: {message}"),
+    "sync.error": ("同步失败：{message}", "Sync failed: {message}"),
     "sync.rejections": ("{n} 条被退回", "{n} rejected"),
     "sync.conflicts": ("{n} 处冲突", "{n} conflicts"),
     "sync.just_now": ("刚刚", "just now"),
