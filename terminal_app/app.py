@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +36,7 @@ from .i18n import load_catalog, tr
 from .screens import NAV_SCREENS, SCREENS, load_screen
 from .services.forms import Drafts
 from .services.grid import GridModel
+from .services.review import open_counts
 from .services.session import Session
 from .services.sync_worker import SyncWorker
 from .widgets.syncbar import SyncBar
@@ -207,14 +209,20 @@ class GridWorkerApp(App):
 
     def saved(self) -> None:
         """A screen saved a record: show it as pending and let the worker sync soon."""
-        store = self.session.store
-        if store is not None:
-            from dataclasses import replace
-
-            self.status = replace(self.status, pending=store.outbox_size())
-            self.syncbar.show(self.status)
+        self._recount()
         if self.worker is not None:
             self.worker.changed()
+
+    def _recount(self, **changes: Any) -> None:
+        """Refresh the sync bar's counts (pending, rejections, open conflicts) from the store."""
+        store = self.session.store
+        if store is not None:
+            rejections, conflicts = open_counts(store)
+            self.status = replace(self.status, pending=store.outbox_size(), rejections=rejections,
+                                  conflicts=conflicts, **changes)
+        elif changes:
+            self.status = replace(self.status, **changes)
+        self.syncbar.show(self.status)
 
     @mainthread
     def _sync_status(self, status: SyncStatus) -> None:
@@ -236,19 +244,13 @@ class GridWorkerApp(App):
                 self.go("setup")
                 self.screen.message = self.t("setup.wiped")
                 return
-        store = self.session.store
-        if store is not None:
-            from dataclasses import replace
-
-            self.status = replace(self.status, pending=store.outbox_size(),
-                                  last_error=str(error) if error else None,
-                                  online=error is None or not isinstance(
-                                      error, (fieldsync.NetworkError, fieldsync.ServerError)),
-                                  phase="idle", progress=None)
-            if result is not None:
-                self.status = replace(self.status, rejections=len(store.rejections()),
-                                      last_synced_ms=store.get_meta("last_synced_ms"))
-        self.syncbar.show(self.status)
+        changes: dict[str, Any] = {
+            "last_error": str(error) if error else None, "phase": "idle", "progress": None,
+            "online": error is None or not isinstance(error, (fieldsync.NetworkError, fieldsync.ServerError)),
+        }
+        if result is not None and self.session.store is not None:
+            changes["last_synced_ms"] = self.session.store.get_meta("last_synced_ms")
+        self._recount(**changes)
         self.screen.refresh()
 
 
