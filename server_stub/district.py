@@ -95,7 +95,7 @@ class District:
         return auth.verify_request(self.db, method, path, query, body, headers)
 
     def _actor(self, tx: Tx, device: Device) -> Actor:
-        return Actor(device.id, "worker", frozenset(auth.scope_of(tx, device.worker_id)))
+        return Actor(device.worker_id, "worker", frozenset(auth.scope_of(tx, device.worker_id)))
 
     # -- sync ----------------------------------------------------------------
     def push(self, device: Device, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -188,6 +188,9 @@ def apply_writes(
         raise Refused("out_of_scope", f"grid {new_grid!r} is not assigned to you", kind.grid_field)
     if collection == "reports" and actor.role != "admin":
         _check_report(actor, old_state, state, changed)
+    if collection == "reports" and "status" in changed and "timeline" not in writes:
+        state = _with_timeline_step(state, actor, clock)
+        changed = changed | {"timeline"}
     if changed:
         _store(counters, collection, rid, state, old_grid, old_digest, new_grid)
     for conflict in conflicts:
@@ -207,6 +210,22 @@ def _check_report(actor: Actor, old: Mapping[str, Wire], new: Mapping[str, Wire]
         if not transition_allowed(actor.role, before, after):
             raise Refused("transition_not_allowed",
                           f"a {actor.role} may not move a report from {before or 'new'} to {after}", "status")
+
+
+def _with_timeline_step(state: Mapping[str, Wire], actor: Actor, clock: HybridClock) -> dict[str, Wire]:
+    """The report's state with one more timeline step for its new status, written by the server.
+
+    The server keeps the timeline so every move (a worker confirming, the
+    command centre dispatching, a department resolving) is recorded once,
+    with the server's time, whoever made it.
+    """
+    from datetime import datetime, timezone
+
+    current = state.get("timeline")
+    steps = list(current[0]) if current and isinstance(current[0], list) else []
+    steps.append({"status": state["status"][0], "by": actor.id, "role": actor.role,
+                  "at": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")})
+    return {**state, "timeline": [steps, clock.now().encode(), current[1] if current else None]}
 
 
 def _store(counters: GridCounters, collection: str, rid: str, state: Mapping[str, Wire],
