@@ -157,14 +157,20 @@ class GridWorkerApp(App):
         self.go("overview", reset=True)
 
     def lock(self, show: bool = True) -> None:
+        """Close the store.  The screen changes first, so the one being left saves its draft."""
+        if show and self.session.is_set_up:
+            self.go("unlock")
+        elif self.manager.current_screen is not None:
+            self.manager.current_screen.dispatch("on_pre_leave")
         if self.worker is not None:
             self.worker.stop()
             self.worker = None
         self.grid = None
         self.drafts = None
         self.session.lock()
-        if show and self.session.is_set_up:
-            self.go("unlock")
+        for screen in self.manager.screens:
+            if screen is not self.manager.current_screen:
+                screen.forget()
 
     def _touched(self, *args: Any) -> None:
         self._last_touch = time.monotonic()

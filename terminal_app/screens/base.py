@@ -32,3 +32,12 @@ class FieldScreen(Screen):
 
     def on_pre_enter(self, *args: Any) -> None:
         self.refresh()
+
+    def forget(self) -> None:
+        """The app just locked (the store is closed): drop every record from widgets and memory.
+
+        By default this replays the leave hooks, in which screens clear what
+        they hold once they see the store closed.
+        """
+        self.dispatch("on_pre_leave")
+        self.dispatch("on_leave")

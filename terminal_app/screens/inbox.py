@@ -231,7 +231,7 @@ class InboxScreen(FieldScreen):
         for n, step in enumerate(steps):
             st = str(step.get("status") or "")
             self.ids.timeline_box.add_widget(InboxTimelineStep(
-                status_text=self.t(f"status.{st}"), detail=self._step_detail(step),
+                status_text=self.t(f"status.{st}"), detail=self._step_detail(step, report.get("department")),
                 dot_color=list(STATUS_COLORS.get(st, _GREY)), last=n == len(steps) - 1))
         actions = worker_actions(status)
         if actions:
@@ -243,9 +243,10 @@ class InboxScreen(FieldScreen):
             button.bind(on_release=lambda b: self.move_report(b.status))
             self.ids.actions_box.add_widget(button)
 
-    def _step_detail(self, step: dict[str, Any]) -> str:
+    def _step_detail(self, step: dict[str, Any], department: str | None = None) -> str:
         when = short_time(step.get("at"), self.app.today) or self.t("inbox.time_unknown")
-        kind, name = actor_of(str(step.get("by") or ""), self.app.worker_id, DEPARTMENTS)
+        kind, name = actor_of(str(step.get("by") or ""), self.app.worker_id, DEPARTMENTS,
+                              role=step.get("role"), department=department)
         if kind == "me":
             who = self.t("inbox.by.me")
         elif kind == "command":

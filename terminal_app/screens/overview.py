@@ -47,6 +47,11 @@ class OverviewScreen(FieldScreen):
             self.tag = ""
             self.ids.search_input.text = ""
 
+    def forget(self) -> None:
+        self.rows = []
+        self.query = ""
+        self.ids.search_input.text = ""
+
     def refresh(self) -> None:
         grid = self.app.grid
         if grid is None:

@@ -70,11 +70,20 @@ def report_steps(report: dict[str, Any], my_move: dict[str, Any] | None = None) 
     return steps
 
 
-def actor_of(by: str, worker_id: str, departments: Iterable[str] = ()) -> tuple[str, str]:
-    """Who wrote a step, as ``(kind, name)``: kind is ``me``, ``command``, ``department`` or ``other``."""
+def actor_of(by: str, worker_id: str, departments: Iterable[str] = (), role: str | None = None,
+             department: str | None = None) -> tuple[str, str]:
+    """Who wrote a step, as ``(kind, name)``: kind is ``me``, ``command``, ``department`` or ``other``.
+
+    Steps the server writes carry the actor's ``role``; ``department`` (the
+    report's department) names a department step when the actor id does not.
+    """
     by = by or ""
     if by and by == worker_id:
         return "me", by
+    if role == "command":
+        return "command", by
+    if role == "department":
+        return "department", by if by in departments else (department or "")
     if by in _COMMAND_IDS or by.startswith("cc-"):
         return "command", by
     if by in departments:
