@@ -46,6 +46,8 @@ def build_demo(district: District, households_per_grid: int = 300, seed: int = 2
         # Visits of the last 75 days, so "not visited in 30 days" marks some households, not all.
         records["visits"] = demo_data.visits(records["households"], 3, seed + gi, worker_id=wid,
                                              start=date.today() - timedelta(days=75), days=75)
+        records["reports"] = demo_data.reports(12, grid, seed + gi, households=records["households"], reporter_id=wid,
+                                               start=date.today() - timedelta(days=40), days=38)
         records["grids"][0]["workers"] = [wid]
         for v in records["visits"]:
             v["worker_id"] = wid

@@ -192,7 +192,9 @@ class GridWorkerApp(App):
         store = self.session.store
         if store is None:
             return None
-        return SyncClient(store, self.session.transport(), page_limit=500, on_status=on_status)
+        # Few quick retries: the worker tries again on its own schedule, and the bar shows "offline" at once.
+        return SyncClient(store, self.session.transport(), page_limit=500, on_status=on_status,
+                          retries=1, backoff_s=0.5, max_backoff_s=2)
 
     def _probe(self) -> bool:
         resp = self.session.transport().handle(Request("GET", "/v1/hello"))

@@ -19,9 +19,16 @@ from typing import Any, Callable, Iterator
 __all__ = ["offscreen", "AppDriver", "DriverError"]
 
 
-def offscreen(width: int = 720, height: int = 1280, kivy_home: str | None = None) -> None:
-    """Configure Kivy for rendering with no display (SDL2's offscreen driver).  Call before importing Kivy."""
+def offscreen(width: int = 720, height: int = 1280, kivy_home: str | None = None, quiet: bool = False) -> None:
+    """Configure Kivy for rendering with no display (SDL2's offscreen driver).  Call before importing Kivy.
+
+    ``quiet`` keeps Kivy's start-up chatter (missing clipboard tools and the
+    like, harmless offscreen) out of the output; errors still show.
+    """
     os.environ["KIVY_NO_ARGS"] = "1"
+    if quiet:
+        os.environ["KIVY_NO_CONSOLELOG"] = "1"
+        os.environ["KIVY_LOG_MODE"] = "KIVY"
     os.environ.setdefault("KIVY_HOME", kivy_home or tempfile.mkdtemp(prefix="kivy-home-"))
     os.environ.setdefault("KIVY_LOG_MODE", "PYTHON")
     if not os.environ.get("DISPLAY") or os.environ.get("FIELDSYNC_FORCE_OFFSCREEN"):

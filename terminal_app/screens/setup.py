@@ -19,7 +19,8 @@ class SetupScreen(FieldScreen):
 
     def on_kv_post(self, base_widget: object) -> None:
         # Only the current step is in the layout: a hidden step must not take touches.
-        self._boxes = {"server": self.ids.server_box, "pin": self.ids.pin_box}
+        # Strong references: ids are weak proxies, and a removed box would be collected.
+        self._boxes = {"server": self.ids.server_box.__self__, "pin": self.ids.pin_box.__self__}
         for box in self._boxes.values():
             box.parent.remove_widget(box)
         self.on_step(self, self.step)

@@ -79,7 +79,9 @@ class SyncWorker:
                 continue
             try:
                 changed = client.wait_for_changes(self.long_poll_s)
-            except Exception:  # noqa: BLE001 - the sync loop notices real outages
+            except Exception:  # noqa: BLE001 - the server went away: let a sync attempt say so
+                if not self._stop.is_set():
+                    self.request()  # its failure marks the app offline at once
                 self._stop.wait(self.probe_interval_s)
                 continue
             if changed and not self._stop.is_set():
