@@ -22,9 +22,15 @@ through :class:`fieldsync.sync.SyncClient` and :class:`fieldsync.transport.Reque
    ``--noop-runs`` syncs each, alternating between the two devices, median reported.
 
 Every phase also records the server process's CPU seconds (``/proc/<pid>/stat`` utime+stime),
-the PostgreSQL backends' CPU serving it (found by ``application_name``), the client's CPU
-and the time the client spent waiting on HTTP.  ``--quick`` uses 10,000 records instead of
-100,000, one run and 10 no-op syncs.
+the PostgreSQL backends' CPU serving it (found by ``application_name``), the client's CPU,
+the time the client spent waiting on HTTP, and the CPU every *other* process on the machine
+used meanwhile (``/proc/stat`` busy time minus ours): on a shared machine that says how much
+a number was disturbed.  The client sends one request at a time and waits for the answer,
+so client and server take turns; ``records_per_cpu_s`` (records over client + server +
+PostgreSQL CPU) is the rate the phase would reach with nothing else running.  After loading,
+the benchmark runs ``CHECKPOINT`` (PostgreSQL) and ``sync`` so the load's writes do not land
+in the measurements.  ``--quick`` uses 10,000 records instead of 100,000, one run and 20
+no-op syncs per store.
 
 PostgreSQL: ``--pg-url URL`` (or ``$FIELDSYNC_BENCH_PG``) names a cluster to use (a schema
 is created and dropped); without one, a throwaway cluster is started with initdb/pg_ctl
@@ -65,7 +71,7 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from fieldsync import KdfParams, Store
-from fieldsync.sync import SyncClient, SyncResult, SyncStatus, enroll
+from fieldsync.sync import SyncClient, SyncProgress, SyncResult, SyncStatus, enroll
 from fieldsync.transport import Request, RequestsTransport, Response
 from server_stub import demo_data
 from server_stub.district import District
@@ -161,17 +167,27 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_cpu() -> tuple[float, float, float]:
+    """(busy, idle, iowait) CPU seconds of the whole machine so far, all cores (``/proc/stat``)."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return 0.0, 0.0, 0.0
+    v = [int(x) for x in first[1:9]]  # user nice system idle iowait irq softirq steal
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / CLK_TCK, v[3] / CLK_TCK, v[4] / CLK_TCK
+
+
 class Server:
     """``python -m uvicorn server_stub.asgi:app`` on 127.0.0.1 serving ``db_url``."""
 
-    def __init__(self, db_url: str, log: Path) -> None:
+    def __init__(self, db_url: str, log: Path, app: str = "server_stub.asgi:app") -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         env = {**os.environ, "FIELDSYNC_DB": db_url}
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "server_stub.asgi:app", "--host", "127.0.0.1", "--port", str(self.port)],
+                [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(self.port)],
                 env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:
@@ -252,7 +268,8 @@ class Meter:
         req = r.request
         # What http.client puts on the socket: request line, Host, the prepared headers, blank line;
         # then the status line and the raw response headers.
-        sent = len(f"{req.method} {req.path_url} HTTP/1.1\r\n") + len(f"Host: {urlsplit(req.url).netloc}\r\n")
+        method, url = str(req.method), str(req.url)
+        sent = len(f"{method} {req.path_url} HTTP/1.1\r\n") + len(f"Host: {urlsplit(url).netloc}\r\n")
         sent += _head_size(req.headers)  # type: ignore[arg-type]
         got = len(f"HTTP/1.1 {r.status_code} {r.reason}\r\n") + _head_size(dict(r.raw.headers.items()))
         self.head_bytes += sent + got
@@ -285,6 +302,9 @@ class Snap:
     body_wire: int
     body_json: int
     head_bytes: int
+    busy: float
+    idle: float
+    iowait: float
 
 
 @dataclass
@@ -301,14 +321,19 @@ class Env:
     def snap(self, meter: Meter, refresh_pg: bool = True) -> Snap:
         if self.pg is not None and refresh_pg:
             self.pg.refresh()
+        busy, idle, iowait = machine_cpu()
         return Snap(time.perf_counter(), time.process_time(), self.server.cpu(),
                     self.pg.cpu() if self.pg else {}, meter.requests, meter.wait_s, meter.body_sent,
-                    meter.body_wire, meter.body_json, meter.head_bytes)
+                    meter.body_wire, meter.body_json, meter.head_bytes, busy, idle, iowait)
 
 
 def _delta(a: Snap, b: Snap) -> dict[str, Any]:
     pg = sum(b.pg_cpu.get(p, 0.0) - a.pg_cpu.get(p, 0.0) for p in set(a.pg_cpu) | set(b.pg_cpu))
+    ours = (b.client_cpu - a.client_cpu) + (b.server_cpu - a.server_cpu) + pg
     return {
+        "other_cpu_s": max(0.0, (b.busy - a.busy) - ours),  # every other process on the machine
+        "idle_cpu_s": b.idle - a.idle,  # no process wanted a core
+        "iowait_s": b.iowait - a.iowait,  # idle with some process waiting on the disk
         "seconds": b.t - a.t,
         "client_cpu_s": b.client_cpu - a.client_cpu,
         "server_cpu_s": b.server_cpu - a.server_cpu,
@@ -346,11 +371,17 @@ class Device:
         self.store.close()
 
 
-def timed_sync(env: Env, dev: Device, split: bool = False,
-               profile: cProfile.Profile | None = None) -> tuple[SyncResult, dict[str, Any]]:
+def timed_sync(env: Env, dev: Device, split: bool = False, profile: cProfile.Profile | None = None,
+               pages: list[tuple[int, float, float]] | None = None) -> tuple[SyncResult, dict[str, Any]]:
     """One ``client.sync()`` with counters around it; with ``split``, also cut at the first
-    status whose phase is ``pulling`` (the end of the push)."""
+    status whose phase is ``pulling`` (the end of the push).  ``pages`` collects, per pulled
+    page, (records so far, seconds since the start, seconds of it spent waiting on HTTP)."""
     marks: list[Snap] = []
+    t_start = wait_start = 0.0
+
+    def on_page(p: SyncProgress) -> None:
+        if pages is not None and p.phase == "pulling":
+            pages.append((p.records, time.perf_counter() - t_start, dev.meter.wait_s - wait_start))
 
     def watch(status: SyncStatus) -> None:
         if not marks and status.phase == "pulling":
@@ -359,10 +390,11 @@ def timed_sync(env: Env, dev: Device, split: bool = False,
     dev._watch = watch if split else None
     gc.collect()
     before = env.snap(dev.meter)
+    t_start, wait_start = time.perf_counter(), dev.meter.wait_s
     if profile is not None:
         profile.enable()
     try:
-        result = dev.client.sync()
+        result = dev.client.sync(progress=on_page if pages is not None else None)
     finally:
         if profile is not None:
             profile.disable()
@@ -385,6 +417,9 @@ def _phase(n: int, d: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "records": n,
         "records_per_s": round(_rate(n, d["seconds"]), 1),
+        # Client and server take turns (one request at a time), so with no other load the wall time
+        # would be about the sum of their CPU: the rate this machine would give if nothing else ran.
+        "records_per_cpu_s": round(_rate(n, d["client_cpu_s"] + d["server_cpu_s"] + d["pg_cpu_s"]), 1),
         "seconds": round(d["seconds"], 4),
         "requests": d["requests"],
         "bytes_sent": d["bytes_sent"],
@@ -396,6 +431,9 @@ def _phase(n: int, d: Mapping[str, Any]) -> dict[str, Any]:
         "client_cpu_s": round(d["client_cpu_s"], 3),
         "server_cpu_s": round(d["server_cpu_s"], 3),
         "pg_cpu_s": round(d["pg_cpu_s"], 3),
+        "other_cpu_s": round(d["other_cpu_s"], 3),
+        "idle_cpu_s": round(d["idle_cpu_s"], 3),
+        "iowait_s": round(d["iowait_s"], 3),
     }
 
 
@@ -466,7 +504,7 @@ class Spy:
 
     def __init__(self, exe: str, pid: int, out: Path) -> None:
         self.out = out
-        self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
+        self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "500", "--format", "raw",
                                       "--output", str(out), "--nonblocking"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # let it attach before the phase starts
@@ -523,7 +561,8 @@ def _load(district: District, data: Records) -> int:
 
 
 def bench_backend(backend: str, db_url: str, folder: Path, plan: Plan, datasets: Mapping[str, Records],
-                  pg_monitor: str | None, app_name: str, profile: bool, spy: str | None) -> dict[str, Any]:
+                  pg_monitor: str | None, app_name: str, profile: bool, spy: str | None,
+                  server_app: str = "server_stub.asgi:app") -> dict[str, Any]:
     """Load the data, start the server, run every phase; returns this backend's results."""
     out: dict[str, Any] = {}
     district = District(db_url if pg_monitor is None else _with_params(db_url, application_name=f"{app_name}-loader"))
@@ -537,9 +576,19 @@ def bench_backend(backend: str, db_url: str, folder: Path, plan: Plan, datasets:
     load_s = time.perf_counter() - t0
     out["server_load"] = {"records": loaded, "seconds": round(load_s, 2), "records_per_s": round(loaded / load_s, 1),
                           "how": "District.write_many(Actor('bench', 'admin'), collection, records), one transaction per collection"}
+    # Let the load's writes reach the disk now, not during the measurements.
+    if pg_monitor is not None:
+        import psycopg
+
+        with psycopg.connect(pg_monitor, autocommit=True) as conn:
+            try:
+                conn.execute("CHECKPOINT")
+            except psycopg.Error:  # needs pg_checkpoint or superuser; the run goes on without it
+                out["server_load"]["checkpoint"] = "refused"
+    os.sync()
 
     server_url = db_url if pg_monitor is None else _with_params(db_url, application_name=app_name)
-    server = Server(server_url, folder / f"uvicorn-{backend}.log")
+    server = Server(server_url, folder / f"uvicorn-{backend}.log", server_app)
     pg = PgBackends(pg_monitor, app_name) if pg_monitor is not None else None
     env = Env(backend, server, district, folder / backend, pg)
     env.folder.mkdir()
@@ -551,7 +600,8 @@ def bench_backend(backend: str, db_url: str, folder: Path, plan: Plan, datasets:
 
     try:
         # 1 + 2: initial pull of one grid, then push 1,000 offline changes, on --runs grids.
-        pulls, pushes = [], []
+        pulls: list[dict[str, Any]] = []
+        pushes: list[dict[str, Any]] = []
         for i in range(plan.runs):
             grid = f"wc-bench-grid-{i + 1}"
             dev = Device(env, f"w-{grid}-01", f"grid{i + 1}")
@@ -588,11 +638,12 @@ def bench_backend(backend: str, db_url: str, folder: Path, plan: Plan, datasets:
             })
             if prof:
                 profiles["push_and_echo"] = _pstats(prof)
-        out["initial_pull"] = {"runs": pulls, **_medians(pulls, ("records_per_s", "seconds", "bytes_per_record",
+        out["initial_pull"] = {"runs": pulls, **_medians(pulls, ("records_per_s", "records_per_cpu_s", "seconds", "bytes_per_record",
                                                                  "server_cpu_s", "client_cpu_s", "pg_cpu_s"))}
         out["push"] = {
             "runs": pushes,
-            **_medians([p["push"] for p in pushes], ("records_per_s", "seconds", "server_cpu_s", "client_cpu_s", "pg_cpu_s")),
+            **_medians([p["push"] for p in pushes], ("records_per_s", "records_per_cpu_s", "seconds", "server_cpu_s",
+                                                      "client_cpu_s", "pg_cpu_s")),
             "echo_pull_records_per_s": statistics.median(p["echo_pull"]["records_per_s"] for p in pushes),
             "whole_sync_records_per_s": statistics.median(p["whole_sync"]["records_per_s"] for p in pushes),
         }
@@ -604,12 +655,14 @@ def bench_backend(backend: str, db_url: str, folder: Path, plan: Plan, datasets:
         big = Device(env, "w-wc-bench-big-01", "big")
         prof = cProfile.Profile() if profile else None
         sp = spying("big-pull")
-        result, d = timed_sync(env, big, profile=prof)
+        pages: list[tuple[int, float, float]] = []
+        result, d = timed_sync(env, big, profile=prof, pages=pages)
         if sp:
             spies["big_pull"] = sp.stop()
         if result.pulled != plan.big:
             raise AssertionError(f"pulled {result.pulled} records, expected {plan.big}")
-        out["pull_big"] = {**_phase(result.pulled, d["whole"]), "pages": result.requests}
+        out["pull_big"] = {**_phase(result.pulled, d["whole"]), "pages": result.requests,
+                           "per_page": _per_page(pages)}
         if prof:
             profiles["big_pull"] = _pstats(prof)
 
@@ -644,6 +697,16 @@ def bench_backend(backend: str, db_url: str, folder: Path, plan: Plan, datasets:
             d = _delta(before, env.snap(dev.meter))
             cpu_block[label] = {"syncs": block, "ms_per_sync": d["seconds"] / block * 1000,
                                 **{k: d[k] / block * 1000 for k in ("client_cpu_s", "server_cpu_s", "pg_cpu_s")}}
+        # The client trusts a verified grid checksum for REVERIFY_MS (6 h), then rescans the grid
+        # once in a no-op sync: that sync costs one full grid_checksum more.
+        rescan: dict[str, float] = {}
+        for label, dev, grid in (("small", small, "wc-bench-small"), ("big", big, "wc-bench-big")):
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                dev.store.grid_checksum(grid)
+                times.append(time.perf_counter() - t0)
+            rescan[label] = statistics.median(times) * 1000
         out["noop"] = {}
         for label, dev, n in (("small", small, plan.small), ("big", big, plan.big)):
             runs = noop[label]
@@ -663,6 +726,7 @@ def bench_backend(backend: str, db_url: str, folder: Path, plan: Plan, datasets:
                 "bytes_received": max(r["bytes_received"] for r in runs),
                 "bytes_with_headers": max(r["bytes"] + r["header_bytes"] for r in runs),
                 "http_wait_median_ms": round(statistics.median(r["http_wait_s"] for r in runs) * 1000, 3),
+                "full_rescan_ms": round(rescan[label], 2),
                 "block_syncs": cpu_block[label]["syncs"],
                 "block_ms_per_sync": round(cpu_block[label]["ms_per_sync"], 3),
                 "client_cpu_ms_per_sync": round(cpu_block[label]["client_cpu_s"], 2),
@@ -672,6 +736,13 @@ def bench_backend(backend: str, db_url: str, folder: Path, plan: Plan, datasets:
                                            if p.is_file()) / 1e6, 1),
             }
         out["noop"]["ratio_big_small"] = round(out["noop"]["big"]["median_ms"] / out["noop"]["small"]["median_ms"], 3)
+        # Each round runs the two stores back to back, so the ratio within a round cancels most of
+        # the load other processes put on the machine; the median of those is the steadier figure.
+        out["noop"]["ratio_big_small_paired"] = round(statistics.median(
+            b["seconds"] / a["seconds"] for a, b in zip(noop["small"], noop["big"])), 3)
+        cpu = {k: out["noop"][k]["client_cpu_ms_per_sync"] + out["noop"][k]["server_cpu_ms_per_sync"]
+               + out["noop"][k]["pg_cpu_ms_per_sync"] for k in ("small", "big")}
+        out["noop"]["ratio_big_small_cpu"] = round(cpu["big"] / cpu["small"], 3) if cpu["small"] else None
         out["server_rss_mb"] = _rss_mb(server.pid)
     finally:
         for dev in env.devices:
@@ -686,6 +757,26 @@ def bench_backend(backend: str, db_url: str, folder: Path, plan: Plan, datasets:
         out["server_py_spy"] = spies
     out["server_log_tail"] = (folder / f"uvicorn-{backend}.log").read_text(errors="replace").splitlines()[-3:]
     return out
+
+
+def _per_page(pages: Sequence[tuple[int, float, float]]) -> dict[str, Any]:
+    """Per pulled page: records, ms in all, ms waiting for the server; and the client's own
+    µs per record (time not spent waiting on HTTP) over the first and the last tenth of the pages."""
+    rows = []
+    prev = (0, 0.0, 0.0)
+    for n, t, w in pages:
+        rows.append((n - prev[0], round((t - prev[1]) * 1000, 1), round((w - prev[2]) * 1000, 1)))
+        prev = (n, t, w)
+    rows = [r for r in rows if r[0] > 0]
+    k = max(1, len(rows) // 10)
+
+    def client_us(part: Sequence[tuple[int, float, float]]) -> float:
+        return round(sum(ms - wait for _, ms, wait in part) * 1000 / max(1, sum(n for n, _, _ in part)), 1)
+
+    return {"pages": [list(r) for r in rows], "client_us_per_record_first": client_us(rows[:k]),
+            "client_us_per_record_last": client_us(rows[-k:]),
+            "server_wait_us_per_record_first": round(sum(r[2] for r in rows[:k]) * 1000 / max(1, sum(r[0] for r in rows[:k])), 1),
+            "server_wait_us_per_record_last": round(sum(r[2] for r in rows[-k:]) * 1000 / max(1, sum(r[0] for r in rows[-k:])), 1)}
 
 
 def _rss_mb(pid: int) -> float | None:
@@ -743,10 +834,10 @@ def _goals(res: Mapping[str, Any]) -> dict[str, Any]:
 def run(quick: bool = False, backends: Sequence[str] = ("sqlite", "postgresql"), where: str | None = None,
         pg_url: str | None = None, pg_bin: str = PG_BIN, seed: int = 1, runs: int | None = None,
         noop_runs: int | None = None, big: int | None = None, profile: bool = False,
-        spy: bool = False) -> dict[str, Any]:
+        spy: bool = False, server_app: str = "server_stub.asgi:app") -> dict[str, Any]:
     """Run the benchmark on each backend and return the results as plain data."""
     plan = Plan(runs=runs or (1 if quick else 3), big=big or (10_000 if quick else 100_000), small=1_000,
-                noop_runs=noop_runs or (10 if quick else 20), seed=seed)
+                noop_runs=noop_runs or (20 if quick else 50), seed=seed)
     spy_exe = (shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))) if spy else None
     if spy_exe is not None and not Path(spy_exe).exists():
         raise RuntimeError("--py-spy needs py-spy (.venv/bin/pip install py-spy)")
@@ -774,7 +865,7 @@ def run(quick: bool = False, backends: Sequence[str] = ("sqlite", "postgresql"),
             started = time.perf_counter()
             if backend == "sqlite":
                 res = bench_backend("sqlite", f"sqlite:///{sub / 'district.db'}", sub, plan, datasets, None, app,
-                                    profile, spy_exe)
+                                    profile, spy_exe, server_app)
                 res["database"] = {"url": "sqlite:///<tmp>/district.db", "sqlite": sqlite3.sqlite_version,
                                    "pragmas": "journal_mode=WAL, synchronous=FULL (server_stub/db.py)"}
             else:
@@ -785,7 +876,8 @@ def run(quick: bool = False, backends: Sequence[str] = ("sqlite", "postgresql"),
                     base = own.url
                 try:
                     with pg_schema(base) as (url, schema, settings):
-                        res = bench_backend("postgresql", url, sub, plan, datasets, base, app, profile, spy_exe)
+                        res = bench_backend("postgresql", url, sub, plan, datasets, base, app, profile, spy_exe,
+                                            server_app)
                         res["database"] = {"cluster": "started by the benchmark" if own else "given (--pg-url)",
                                            "schema": schema, **settings}
                         pg_info = settings
@@ -793,6 +885,9 @@ def run(quick: bool = False, backends: Sequence[str] = ("sqlite", "postgresql"),
                     if own is not None:
                         own.stop()
             res["backend_seconds"] = round(time.perf_counter() - started, 1)
+            timed = [*res["initial_pull"]["runs"], *[p["whole_sync"] for p in res["push"]["runs"]],
+                     res["pull_small"], res["pull_big"]]
+            res["disturbance"] = round(sum(p["other_cpu_s"] for p in timed) / sum(p["seconds"] for p in timed), 3)
             res["goals"] = _goals(res)
             results[backend] = res
         env = _store_machine(folder)
@@ -807,7 +902,8 @@ def run(quick: bool = False, backends: Sequence[str] = ("sqlite", "postgresql"),
         "benchmark": "fieldsync.sync",
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m bench.sync" + (" --quick" if quick else "")
-        + ("" if tuple(backends) == ("sqlite", "postgresql") else f" --backend {backends[0]}"),
+        + ("" if tuple(backends) == ("sqlite", "postgresql") else f" --backend {backends[0]}")
+        + ("" if server_app == "server_stub.asgi:app" else f" --server-app {server_app}"),
         "machine": env,
         "setup": {
             "runs": plan.runs,
@@ -818,7 +914,7 @@ def run(quick: bool = False, backends: Sequence[str] = ("sqlite", "postgresql"),
             "offline_changes": OFFLINE_CHANGES,
             "validated": checked,
             "generate_seconds": round(gen_s, 1),
-            "server": "python -m uvicorn server_stub.asgi:app --host 127.0.0.1 --port P (one process, default "
+            "server": f"python -m uvicorn {server_app} --host 127.0.0.1 --port P (one process, default "
                       "uvicorn settings: h11/asyncio as installed, access log on, to a file)",
             "client": "SyncClient(store, RequestsTransport(url)) defaults: pull pages of 2,000, push batches of 500, "
                       "gzip bodies over 1 KiB both ways; HTTP keep-alive (one connection per device)",
@@ -874,9 +970,9 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _cpu(p: Mapping[str, Any]) -> str:
+def _cpu(p: Mapping[str, Any], pg: bool) -> str:
     out = f"{p['client_cpu_s']:.2f} / {p['server_cpu_s']:.2f}"
-    return out + (f" / {p['pg_cpu_s']:.2f}" if p.get("pg_cpu_s") else "")
+    return out + (f" / {p['pg_cpu_s']:.2f}" if pg else "")
 
 
 def report(result: Mapping[str, Any]) -> str:
@@ -897,8 +993,11 @@ def report(result: Mapping[str, Any]) -> str:
         db = r["database"]
         extra = f", fsync={db['fsync']}" if "fsync" in db else ""
         out.append(f"== {backend}{extra}: server load {r['server_load']['records']:,} records in "
-                   f"{r['server_load']['seconds']} s; whole backend {r['backend_seconds']} s")
-        rows = [("phase", "records", "rec/s", "seconds", "requests", "B/record", "HTTP wait s", "CPU client/server[/pg] s")]
+                   f"{r['server_load']['seconds']} s; whole backend {r['backend_seconds']} s; other processes "
+                   f"used {r['disturbance']:.2f} cores during the timed phases (0 = a quiet machine)")
+        pg = backend == "postgresql"
+        rows: list[tuple[str, ...]] = [("phase", "records", "rec/s", "rec/CPU-s", "seconds", "requests", "B/record", "HTTP wait s",
+                 "CPU s client/server" + ("/pg" if pg else ""), "others' CPU s", "idle/iowait s")]
         for label, p in (
             [(f"initial pull, run {i + 1}", p) for i, p in enumerate(r["initial_pull"]["runs"])]
             + [(f"push, run {i + 1}", p["push"]) for i, p in enumerate(r["push"]["runs"])]
@@ -907,8 +1006,10 @@ def report(result: Mapping[str, Any]) -> str:
             + [("pull 1,000-record grid", r["pull_small"]), (f"pull {r['pull_big']['records']:,}-record grid", r["pull_big"])]
         ):
             out_b = p["bytes_per_record"]
-            rows.append((label, f"{p['records']:,}", f"{p['records_per_s']:,.0f}", f"{p['seconds']:.3f}",
-                         str(p["requests"]), "" if out_b is None else f"{out_b:,.0f}", f"{p['http_wait_s']:.3f}", _cpu(p)))
+            rows.append((label, f"{p['records']:,}", f"{p['records_per_s']:,.0f}", f"{p['records_per_cpu_s']:,.0f}",
+                         f"{p['seconds']:.3f}",
+                         str(p["requests"]), "" if out_b is None else f"{out_b:,.0f}", f"{p['http_wait_s']:.3f}", _cpu(p, pg),
+                         f"{p['other_cpu_s']:.2f}", f"{p['idle_cpu_s']:.2f} / {p['iowait_s']:.2f}"))
         out.append(_table(rows))
         out.append("")
         rows = [("no-op sync", "records", "median ms", "p10-p90 ms", "requests", "bytes", "+headers",
@@ -920,7 +1021,14 @@ def report(result: Mapping[str, Any]) -> str:
                          str(n["bytes_with_headers"]),
                          f"{n['client_cpu_ms_per_sync']:.2f} / {n['server_cpu_ms_per_sync']:.2f} / {n['pg_cpu_ms_per_sync']:.2f}"))
         out.append(_table(rows))
-        out.append(f"no-op big/small: {r['noop']['ratio_big_small']:.2f}x")
+        pp = r["pull_big"]["per_page"]
+        out.append(f"big pull, client's own time per record (not waiting on HTTP): first tenth of the pages "
+                   f"{pp['client_us_per_record_first']} us, last tenth {pp['client_us_per_record_last']} us; "
+                   f"waiting on the server {pp['server_wait_us_per_record_first']} / {pp['server_wait_us_per_record_last']} us")
+        out.append(f"no-op big/small: {r['noop']['ratio_big_small']:.2f}x (ratio of medians), "
+                   f"{r['noop']['ratio_big_small_paired']:.2f}x (median of back-to-back pairs), "
+                   f"{r['noop']['ratio_big_small_cpu']}x (CPU per sync); the periodic full checksum rescan (one no-op "
+                   f"sync in 6 h) adds {r['noop']['small']['full_rescan_ms']:.1f} / {r['noop']['big']['full_rescan_ms']:.1f} ms")
         for name, goal in r["goals"].items():
             out.append(f"goal {name}: {goal['value']} -> {'MET' if goal['met'] else 'MISSED'}")
         out.append("")
@@ -930,7 +1038,7 @@ def report(result: Mapping[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sync", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10,000 instead of 100,000 records for the big store, "
-                        "one run, 10 no-op syncs (under a minute)")
+                        "one run, 20 no-op syncs per store (under a minute)")
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--json", metavar="PATH", help="also write the results and machine description as JSON")
     parser.add_argument("--dir", metavar="DIR", help="where to put stores and the SQLite server database "
@@ -940,17 +1048,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pg-bin", default=PG_BIN, help=f"PostgreSQL binaries for the throwaway cluster ({PG_BIN})")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, help="initial pull + push runs (default 3, 1 with --quick)")
-    parser.add_argument("--noop-runs", type=int, help="no-op syncs per store (default 20, 10 with --quick)")
+    parser.add_argument("--noop-runs", type=int, help="no-op syncs per store (default 50, 20 with --quick)")
     parser.add_argument("--big", type=int, help="records in the big store (default 100,000, 10,000 with --quick)")
     parser.add_argument("--profile", action="store_true", help="cProfile the client in the first pull, push and big "
                         "pull, print the top functions")
+    parser.add_argument("--server-app", default="server_stub.asgi:app", help="the ASGI app uvicorn serves "
+                        "(to measure a patched server without editing server_stub; default server_stub.asgi:app)")
     parser.add_argument("--py-spy", action="store_true", help="record the server with py-spy during those phases "
                         "and the no-op syncs (needs py-spy; adds sampling overhead to the numbers)")
     args = parser.parse_args(argv)
     backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
     result = run(quick=args.quick, backends=backends, where=args.dir, pg_url=args.pg_url, pg_bin=args.pg_bin,
                  seed=args.seed, runs=args.runs, noop_runs=args.noop_runs, big=args.big, profile=args.profile,
-                 spy=args.py_spy)
+                 spy=args.py_spy, server_app=args.server_app)
     print(report(result))
     for backend, r in result["results"].items():
         for label, text in r.get("client_profile", {}).items():
