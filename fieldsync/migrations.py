@@ -84,3 +84,25 @@ def _sync(db: Database) -> None:
             body BLOB NOT NULL
         )"""
     )
+
+
+@store_migrations(name="0003_attachment_state")
+def _attachment_state(db: Database) -> None:
+    # Where each attachment stands with the server, keyed like ``attachments``
+    # by the keyed file name.  ``sealed`` is the content hash sealed with the
+    # record key (NULL until the store next learns it: rows of attachments
+    # added before this migration); the hash itself is never in clear.
+    # origin: 'local' (made on this device) | 'downloaded' (from the server).
+    # confirmed: the server holds it complete, so it may leave the cache.
+    db.execute(
+        """CREATE TABLE attachment_state (
+            name TEXT PRIMARY KEY,
+            sealed BLOB,
+            origin TEXT NOT NULL CHECK (origin IN ('local', 'downloaded')),
+            confirmed INTEGER NOT NULL DEFAULT 0,
+            last_used_ms INTEGER NOT NULL
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX attachment_state_lru ON attachment_state (confirmed, last_used_ms)")
+    db.execute("INSERT INTO attachment_state (name, sealed, origin, confirmed, last_used_ms) "
+               "SELECT name, NULL, 'local', 0, created_ms FROM attachments")

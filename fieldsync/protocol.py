@@ -56,6 +56,9 @@ MAX_PUSH_CHANGES = 1000
 MAX_PULL_LIMIT = 5000
 DEFAULT_PULL_LIMIT = 2000
 MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_ATTACHMENT_BYTES = 30 * 1024 * 1024
+MAX_CHUNK_BYTES = 1024 * 1024
+CHUNK_BYTES = 256 * 1024
 TIMESTAMP_WINDOW_MS = 5 * 60 * 1000
 N_BUCKETS = 64
 DIGEST_BITS = 60
@@ -312,15 +315,20 @@ def parse_pull_response(data: Any, sent_cursors: Mapping[str, int], limit: int) 
         raise _fail(f"the server sent {len(raw_changes)} changes for a page of at most {limit}")
     changes = [parse_pulled(c) for c in raw_changes]
     cursors = {_ident(g, "cursors key"): _int(v, f"cursors.{g}") for g, v in _obj(d.get("cursors"), "cursors").items()}
+    # A grid answered as a snapshot (its cursor was below the compaction mark, §11.5) starts again from 0.
+    snapshot = {_ident(g, "snapshot[]") for g in _list(d.get("snapshot", []), "snapshot")}
+    if not snapshot <= scope:
+        raise _fail("a snapshot for a grid which is not in this device's scope")
+    start = {g: (0 if g in snapshot else v) for g, v in sent_cursors.items()}
     for g, v in cursors.items():
         if g not in scope:
             raise _fail(f"cursor for grid {g!r} which is not in this device's scope")
-        if v < sent_cursors.get(g, 0):
+        if v < start.get(g, 0):
             raise _fail(f"cursor for grid {g!r} went backwards ({sent_cursors.get(g, 0)} -> {v})")
     for c in changes:
         if c.grid not in scope:
             raise _fail(f"a change for grid {c.grid!r} which is not in this device's scope")
-        if not sent_cursors.get(c.grid, 0) < c.server_seq <= cursors.get(c.grid, -1):
+        if not start.get(c.grid, 0) < c.server_seq <= cursors.get(c.grid, -1):
             raise _fail(f"change {c.collection}/{c.id} has server_seq {c.server_seq} outside this page")
     checksums = {}
     for g, v in _obj(d.get("checksums", {}), "checksums").items():

@@ -241,7 +241,8 @@ class ReplicaMixin:
                     if isinstance(value, str) and value:
                         tokens.append((rec.collection, fname,
                                        self._keys.blind_token(rec.collection, fname, normalise(how, value)), rec.id))
-        self._conn.executemany("DELETE FROM search WHERE collection = ? AND id = ?", reindex)
+        held = self._held(reindex)
+        self._conn.executemany("DELETE FROM search WHERE collection = ? AND id = ?", [k for k in reindex if k in held])
         self._conn.executemany(
             "INSERT OR REPLACE INTO records (collection, id, grid, deleted, stamp, body, server_digest) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
@@ -250,6 +251,21 @@ class ReplicaMixin:
             self.clock.observe(Stamp.decode(newest), clamp=True)
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (self.clock.last.encode(),))
         return applied, removed
+
+    def _held(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these records this device already holds (a first pull holds none: no index to clear)."""
+        held: set[tuple[str, str]] = set()
+        by_collection: dict[str, list[str]] = {}
+        for collection, rid in keys:
+            by_collection.setdefault(collection, []).append(rid)
+        for collection, ids in by_collection.items():
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                rows = self._conn.execute(
+                    f"SELECT id FROM records WHERE collection = ? AND id IN ({','.join('?' * len(chunk))})",
+                    (collection, *chunk)).fetchall()
+                held.update((collection, r[0]) for r in rows)
+        return held
 
     def _adopt_pending(self, rec: PulledRecord) -> None:
         """Adopt the server's version of a record that has unsynced local changes: merge those fields."""

@@ -335,6 +335,7 @@ DEFAULT_KINDS: tuple[Kind, ...] = (
         "needs": _T("tags"),
         "follow_up": _T("date"),
         "location": _T("location"),
+        "attachments": _T("tags"),
     }, description="A door-to-door visit."),
     Kind("reports", {
         "grid_id": _T(required=True),

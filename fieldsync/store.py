@@ -502,6 +502,16 @@ class Store(ReplicaMixin):
             out.append(OutboxEntry(seq, collection, rid, grid, fields))
         return out
 
+    def outbox_changes(self, limit: int = 500) -> builtins.list[dict[str, Any]]:
+        """The oldest pending changes exactly as a push sends them (docs/protocol.md §6.4), in seq order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, collection, id, grid, body FROM outbox ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+        return [{"seq": seq, "collection": collection, "id": rid, "grid": grid,
+                 "fields": json.loads(self._keys.open(body, "_outbox", collection, rid))}
+                for seq, collection, rid, grid, body in rows]
+
     def outbox_size(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0])

@@ -18,9 +18,11 @@ import gzip
 import json
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from .attachments import Attachment
 from .errors import (
     DeviceRevokedError,
     NetworkError,
@@ -44,9 +46,11 @@ from .protocol import (
 )
 from .schema import SCHEMA_VERSION
 from .store import Store
+from .transfer import UploadResult, download, pending_uploads, upload
 from .transport import Request, RequestsTransport, Response, Transport
 
-__all__ = ["SyncClient", "SyncStatus", "SyncProgress", "SyncResult", "Enrollment", "enroll", "enrollment"]
+__all__ = ["SyncClient", "SyncStatus", "SyncProgress", "SyncResult", "UploadResult", "Enrollment", "enroll",
+           "enrollment"]
 
 _GZIP_OVER = 1024
 REVERIFY_MS = 6 * 3600 * 1000  # a grid's full checksum scan runs at least this often
@@ -54,10 +58,17 @@ REVERIFY_MS = 6 * 3600 * 1000  # a grid's full checksum scan runs at least this 
 
 @dataclass(frozen=True)
 class SyncProgress:
-    phase: str  # pushing | pulling | repairing
-    records: int  # records pushed or pulled so far in this sync
+    phase: str  # pushing | pulling | repairing | uploading | downloading
+    records: int  # records pushed or pulled so far in this sync (uploading: attachments sent)
     bytes_sent: int
     bytes_received: int
+    attachment_bytes: int = 0  # uploading / downloading: attachment bytes moved so far
+    attachment_total: int = 0  # ... of this many to move
+
+    @property
+    def fraction(self) -> float | None:
+        """How far the attachment transfer is (0..1), or None outside one."""
+        return min(1.0, self.attachment_bytes / self.attachment_total) if self.attachment_total else None
 
 
 @dataclass(frozen=True)
@@ -65,13 +76,15 @@ class SyncStatus:
     """One immutable snapshot for a UI; a new one replaces it on every change."""
 
     online: bool = False
-    phase: str = "idle"  # idle | pushing | pulling | repairing
+    phase: str = "idle"  # idle | pushing | pulling | repairing | uploading
     pending: int = 0
     last_synced_ms: int | None = None
     last_error: str | None = None
     rejections: int = 0
     conflicts: int = 0
     progress: SyncProgress | None = None
+    photos_pending: int = 0  # attachments made here that the server does not hold yet
+    upload_error: str | None = None  # why the last upload stopped (the record sync itself succeeded)
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,7 @@ class SyncResult:
     bytes_received: int = 0
     seconds: float = 0.0
     grids: list[str] = field(default_factory=list)
+    uploads: UploadResult | None = None  # the attachment upload that followed the record sync
 
 
 @dataclass(frozen=True)
@@ -161,7 +175,7 @@ class SyncClient:
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         page_limit: int = DEFAULT_PULL_LIMIT,
-        push_batch: int = 500,
+        push_batch: int = 1000,
         on_status: Callable[[SyncStatus], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -182,8 +196,9 @@ class SyncClient:
         self._rng = rng or random.Random()
         self._status = SyncStatus(pending=store.outbox_size(), rejections=len(store.rejections()),
                                   conflicts=self._open_conflicts(),
-                                  last_synced_ms=store.get_meta("last_synced_ms"))
-        self._requests = self._sent = self._received = 0
+                                  last_synced_ms=store.get_meta("last_synced_ms"),
+                                  photos_pending=len(pending_uploads(store)))
+        self._requests = self._sent = self._received = self._pulled_total = 0
 
     # -- status ------------------------------------------------------------------
     @property
@@ -206,12 +221,24 @@ class SyncClient:
         if len(body) > _GZIP_OVER:
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
+        resp = self._exchange("POST", path, "", body, headers)
+        if resp.status == 200:
+            return _decode_json(resp)
+        code, message, _ = _error_of(resp)
+        raise RequestRejected(code, message, resp.status)
+
+    def _exchange(self, method: str, path: str, query: str, body: bytes, headers: dict[str, str]) -> Response:
+        """Send one signed request (re-signed on every retry); returns the answer when it is
+        not a 5xx.  Network errors and 5xx answers are retried with backoff, then raised;
+        ``timestamp_stale`` corrects the clock once; ``device_revoked`` raises.  Other 4xx
+        answers are returned for the caller to read (``fieldsync.transfer`` uses this for
+        the raw-bytes attachment requests)."""
         attempt = 0
         resynced = False
         while True:
-            signed = {**headers, **self.identity.sign("POST", path, "", body, self.store.now_ms())}
+            signed = {**headers, **self.identity.sign(method, path, query, body, self.store.now_ms())}
             try:
-                resp = self.transport.handle(Request("POST", path, "", signed, body))
+                resp = self.transport.handle(Request(method, path, query, signed, body))
                 self._requests += 1
                 self._sent += len(body)
                 self._received += resp.size_on_wire
@@ -229,7 +256,7 @@ class SyncClient:
             if resp.status == 200:
                 if not self._status.online:
                     self._set_status(online=True)
-                return _decode_json(resp)
+                return resp
             code, message, extra = _error_of(resp)
             if code == "timestamp_stale" and not resynced and isinstance(extra.get("server_time_ms"), int):
                 self.store.set_clock_offset(extra["server_time_ms"] - time.time_ns() // 1_000_000)
@@ -237,7 +264,7 @@ class SyncClient:
                 continue
             if code == "device_revoked":
                 raise DeviceRevokedError(message, bool(extra.get("wipe")))
-            raise RequestRejected(code, message, resp.status)
+            return resp
 
     def _note_server_time(self, resp: Response) -> None:
         text = resp.headers.get("x-fieldsync-server-time", "")
@@ -257,6 +284,7 @@ class SyncClient:
         """Push everything pending, then pull until caught up.  Raises SyncError subclasses."""
         start = time.monotonic()
         self._requests = self._sent = self._received = 0
+        self._pulled_total = 0
         try:
             pushed, rejected, revoked = self._push(progress)
             if revoked is not None:
@@ -270,11 +298,37 @@ class SyncClient:
             raise
         now = self.store.now_ms()
         self.store.set_meta("last_synced_ms", now)
+        self._set_status(online=True, last_error=None, last_synced_ms=now)
+        uploads = self.upload_attachments(progress)  # never fails the sync: its errors are its own
         self._set_status(online=True, phase="idle", progress=None, last_error=None, last_synced_ms=now,
                          pending=self.store.outbox_size(), rejections=len(self.store.rejections()),
                          conflicts=self._open_conflicts())
         return SyncResult(pushed, rejected, pulled, removed, repaired, self._requests, self._sent,
-                          self._received, time.monotonic() - start, self.store.grids())
+                          self._received, time.monotonic() - start, self.store.grids(), uploads)
+
+    # -- attachments (protocol §16) ------------------------------------------------
+    def upload_attachments(self, progress: Callable[[SyncProgress], None] | None = None) -> UploadResult:
+        """Send the attachments this device's records refer to that the server lacks, resuming
+        each from the offset the server reports.  Run by :meth:`sync` after the records.
+
+        Never raises for a network or server failure: the upload stops, the
+        error is in the result and in ``status.upload_error``, and the next
+        call resumes.  ``progress`` sees phase ``uploading`` with byte counts.
+        """
+        result = upload(self, progress)
+        self._set_status(phase="idle", progress=None, photos_pending=result.pending, upload_error=result.error)
+        return result
+
+    def download_attachment(self, content_hash: str,
+                            progress: Callable[[SyncProgress], None] | None = None) -> Attachment:
+        """Fetch an attachment this device does not hold (in ranges, streaming into the
+        encrypted store, SHA-256 checked at the end), then trim the cache to its limit.
+
+        Returns at once when it is already here.  Raises :class:`RequestRejected`
+        (``attachment_pending``: not uploaded yet; ``out_of_scope``), :class:`NetworkError`,
+        :class:`ServerError`, or :class:`IntegrityError` when what arrived does not match the hash.
+        """
+        return download(self, content_hash, progress)
 
     def _revoked(self, exc: DeviceRevokedError) -> None:
         """The server revoked this device: after the final push, erase the store if asked."""
@@ -285,50 +339,65 @@ class SyncClient:
     def _push(self, progress: Callable[[SyncProgress], None] | None) -> tuple[int, int, DeviceRevokedError | None]:
         pushed = rejected = 0
         while True:
-            entries = self.store.outbox(limit=self.push_batch)
-            if not entries:
+            changes = self.store.outbox_changes(limit=self.push_batch)
+            if not changes:
                 return pushed, rejected, None
+            first, last = changes[0]["seq"], changes[-1]["seq"]
             self._set_status(phase="pushing", pending=self.store.outbox_size())
-            payload = {"schema_version": SCHEMA_VERSION, "changes": [
-                {"seq": e.seq, "collection": e.collection, "id": e.id, "grid": e.grid,
-                 "fields": {k: w.to_wire() for k, w in e.fields.items()}} for e in entries]}
-            data = self._call("/v1/push", payload)
-            answer = parse_push_response(data, entries[-1].seq)
-            if answer.acked_seq < entries[0].seq:
-                raise ProtocolError(f"the server acknowledged nothing of seq {entries[0].seq}..{entries[-1].seq}")
+            data = self._call("/v1/push", {"schema_version": SCHEMA_VERSION, "changes": changes})
+            answer = parse_push_response(data, last)
+            if answer.acked_seq < first:
+                raise ProtocolError(f"the server acknowledged nothing of seq {first}..{last}")
             self.store.apply_push_result(answer.acked_seq, answer.rejections)
-            pushed += sum(1 for e in entries if e.seq <= answer.acked_seq)
+            pushed += sum(1 for c in changes if c["seq"] <= answer.acked_seq)
             rejected += len({r.seq for r in answer.rejections})
             self._progress(progress, "pushing", pushed)
             revoked = data.get("revoked") if isinstance(data, dict) else None
             if isinstance(revoked, dict):
-                if self.store.outbox_size() == 0 or answer.acked_seq < entries[-1].seq:
+                if self.store.outbox_size() == 0 or answer.acked_seq < last:
                     return pushed, rejected, DeviceRevokedError("this device was revoked by the command centre",
                                                                 bool(revoked.get("wipe")))
 
     def _pull(self, progress: Callable[[SyncProgress], None] | None) -> tuple[int, int, int]:
         pulled = removed = repaired = 0
-        while True:
-            self._set_status(phase="pulling")
-            cursors = self.store.cursors()
-            sent = {g: cursors.get(g, 0) for g in set(cursors) | set(self.store.grids())}
-            data = self._call("/v1/pull", {"schema_version": SCHEMA_VERSION, "cursors": sent, "limit": self.page_limit})
-            page = parse_pull_response(data, sent, self.page_limit)
-            result = self.store.apply_pull(page)
-            pulled += result.applied
-            removed += result.removed
-            self._progress(progress, "pulling", pulled)
-            stale = self.store.stale_buckets() if not page.more else {}
-            for grid in sorted(set(page.checksums) | set(stale)):
-                forced = stale.get(grid, set())
-                expected = page.checksums.get(grid)
-                if not forced and expected is not None and self._verified(grid, page.cursors[grid], expected):
-                    continue
-                repaired += self._repair(grid, forced, progress)
-                if expected is not None:
-                    self._verified(grid, page.cursors[grid], expected)
-            if not page.more:
-                return pulled, removed, repaired
+        self._set_status(phase="pulling")
+        cursors = self.store.cursors()
+        sent = {g: cursors.get(g, 0) for g in set(cursors) | set(self.store.grids())}
+        # While one page is applied, the next is already on its way: a page's
+        # answer carries the cursors the next request needs, so the server and
+        # this device work at the same time instead of in turn.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldsync-pull") as pool:
+            future = pool.submit(self._fetch_page, sent)
+            while True:
+                data, sent = future.result()
+                page = parse_pull_response(data, sent, self.page_limit)
+                if page.more:
+                    future = pool.submit(self._fetch_page, {g: page.cursors.get(g, 0) for g in page.grids})
+                applied = self._apply_page(page, progress)
+                pulled, removed, repaired = pulled + applied[0], removed + applied[1], repaired + applied[2]
+                if not page.more:
+                    return pulled, removed, repaired
+
+    def _fetch_page(self, sent: dict[str, int]) -> tuple[Any, dict[str, int]]:
+        return self._call("/v1/pull", {"schema_version": SCHEMA_VERSION, "cursors": sent, "snapshots": True,
+                                       "limit": self.page_limit}), sent
+
+    def _apply_page(self, page: Any, progress: Callable[[SyncProgress], None] | None) -> tuple[int, int, int]:
+        """Apply one page, then check (and repair) the grids it caught up on."""
+        repaired = 0
+        result = self.store.apply_pull(page)
+        self._pulled_total += result.applied
+        self._progress(progress, "pulling", self._pulled_total)
+        stale = self.store.stale_buckets() if not page.more else {}
+        for grid in sorted(set(page.checksums) | set(stale)):
+            forced = stale.get(grid, set())
+            expected = page.checksums.get(grid)
+            if not forced and expected is not None and self._verified(grid, page.cursors[grid], expected):
+                continue
+            repaired += self._repair(grid, forced, progress)
+            if expected is not None:
+                self._verified(grid, page.cursors[grid], expected)
+        return result.applied, result.removed, repaired
 
     def wait_for_changes(self, timeout_s: float = 25.0) -> list[str]:
         """Long-poll the server: the grids that changed after this device's cursors.

@@ -34,11 +34,13 @@ REPORT_TRANSITIONS: dict[str, frozenset[tuple[str | None, str]]] = {
     }),
     "job": frozenset({
         ("submitted", "dispatched"),
+        ("reopened", "dispatched"),
     }),
 }
 
 # Report fields only the command centre, departments and jobs write.
-WORKER_PROTECTED_FIELDS = frozenset({"department", "due_at", "timeline"})
+WORKER_PROTECTED_FIELDS = frozenset({"department", "due_at", "timeline", "escalated", "escalated_at",
+                                     "resolution", "resolved_at"})
 
 
 def transition_allowed(role: str, old: str | None, new: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sys
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
@@ -69,16 +70,23 @@ def main() -> None:
 def init_demo(db_url: str, households: int, seed: int) -> None:
     """Create a demo district: streets, communities, grids of households with residents,
     visits and reports, workers assigned to grids, and the command centre and departments."""
-    from .demo import build_demo
+    from .accounts import set_demo_passwords
+    from .demo import DEPARTMENTS, STAFF, build_demo
 
     district = District(db_url)
     try:
         summary = build_demo(district, households_per_grid=households, seed=seed,
                              progress=lambda msg: click.echo(msg, err=True))
+        staff = [sid for sid, _, _ in STAFF] + [f"dept-{i + 1}" for i in range(len(DEPARTMENTS))]
+        passwords = set_demo_passwords(district.db, staff)
     finally:
         district.close()
     for line in summary:
         click.echo(line)
+    click.echo("Console (/console) sign-in, demo passwords (change with 'fieldsync-server user set-password'):")
+    for i, (sid, password) in enumerate(passwords):
+        dept = DEPARTMENTS[i - len(STAFF)] if i >= len(STAFF) else "指挥中心"
+        click.echo(f"  {sid:<10} {password}  ({dept})")
 
 
 @main.command()
@@ -88,14 +96,33 @@ def init_demo(db_url: str, households: int, seed: int) -> None:
 @click.option("--workers", default=1, show_default=True, type=int, help="Server processes (uvicorn workers).")
 @click.option("--ssl-certfile", default=None, help="TLS certificate (PEM); serve HTTPS.")
 @click.option("--ssl-keyfile", default=None, help="TLS private key (PEM).")
+@click.option("--attachments", "attachments_dir", default=None, envvar="FIELDSYNC_ATTACHMENTS",
+              type=click.Path(file_okay=False),
+              help="Folder for uploaded photos (env FIELDSYNC_ATTACHMENTS); default <db file>-attachments for "
+                   "SQLite, ./attachments for PostgreSQL. Several server processes must share one folder.")
 @_friendly
-def serve(db_url: str, host: str, port: int, workers: int, ssl_certfile: str | None, ssl_keyfile: str | None) -> None:
+def serve(db_url: str, host: str, port: int, workers: int, ssl_certfile: str | None, ssl_keyfile: str | None,
+          attachments_dir: str | None) -> None:
     """Serve the sync API (and /openapi.json) with uvicorn."""
     import os
 
     import uvicorn
 
-    District(db_url).close()  # create the schema once, fail early on a bad URL
+    from .attachments import ATTACHMENTS_ENV, DirectoryStorage
+
+    district = District(db_url, attachments=attachments_dir)  # create the schema once, fail early on a bad URL
+    try:
+        storage = district.attachments
+        if isinstance(storage, DirectoryStorage):
+            try:
+                storage.ensure()  # fail early on a folder the server cannot write
+            except OSError as exc:
+                raise click.ClickException(
+                    f"cannot use the attachments folder {storage.root}: {exc.strerror or exc}") from exc
+            os.environ[ATTACHMENTS_ENV] = str(storage.root)  # every worker process uses the same folder
+            click.echo(f"attachments in {storage.root}", err=True)
+    finally:
+        district.close()
     os.environ["FIELDSYNC_DB"] = db_url
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run("server_stub.asgi:app", host=host, port=port, workers=workers, log_level="info",
@@ -174,6 +201,80 @@ def revoke(db_url: str, device_id: str, wipe: bool) -> None:
     finally:
         district.close()
     click.echo(f"{device_id} revoked{' (wipe requested)' if wipe else ''}")
+
+
+# -- jobs and console users (server_stub/jobs.py, server_stub/accounts.py) ----------------------
+
+@main.group()
+def jobs() -> None:
+    """Reconciliation jobs; run them from cron or a systemd timer (see docs/operations.md).
+
+    Every job is safe to run twice and while tablets sync.
+    """
+
+
+@jobs.command("list")
+def jobs_list() -> None:
+    """List the jobs."""
+    from .jobs import JOBS
+
+    for name, func in JOBS.items():
+        click.echo(f"{name:<11} {(func.__doc__ or '').strip().splitlines()[0]}")
+
+
+@jobs.command("run")
+@click.argument("name", type=click.Choice(["dispatch", "escalate", "duplicates", "compact", "coverage"]))
+@DB_OPTION
+@click.option("--rules", "rules_path", default=None, type=click.Path(dir_okay=False),
+              help="dispatch: a JSON file of category rules overriding the defaults.")
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 366),
+              help="coverage: count visits of the last N days.")
+@click.option("--active-days", default=30, show_default=True, type=click.IntRange(1, 3650),
+              help="compact: devices seen in the last N days hold the compaction back.")
+@_friendly
+def jobs_run(name: str, db_url: str, rules_path: str | None, days: int, active_days: int) -> None:
+    """Run one job (dispatch, escalate, duplicates, compact, coverage) and print its result as JSON."""
+    from . import jobs as jobmod
+
+    options: dict[str, Any] = {}
+    if name == "dispatch" and rules_path:
+        options["rules"] = jobmod.DispatchRules.load(rules_path)
+    elif name == "coverage":
+        options["days"] = days
+    elif name == "compact":
+        options["active_days"] = active_days
+    district = District(db_url)
+    try:
+        result = jobmod.run(name, district, **options)
+    finally:
+        district.close()
+    click.echo(json.dumps(result, ensure_ascii=False, sort_keys=True))
+
+
+@main.group()
+def user() -> None:
+    """Console users: command-centre and department staff."""
+
+
+@user.command("set-password")
+@DB_OPTION
+@click.option("--user", "user_id", required=True, help="Staff id (role command or department), e.g. cc-wangcc.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+@_friendly
+def user_set_password(db_url: str, user_id: str, password_stdin: bool) -> None:
+    """Set a staff member's console password (asked twice, not echoed); signs out their sessions."""
+    from .accounts import set_password
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    district = District(db_url)
+    try:
+        set_password(district.db, user_id, password)
+    finally:
+        district.close()
+    click.echo(f"password set for {user_id}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -55,6 +55,28 @@ SCHEMA = [
         n BIGINT PRIMARY KEY, at_ms BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
         object TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS server_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+    # Which records refer to which attachment (content hash), kept with every record write
+    # (server_stub/attachments.py): a device reaches a hash only through a record of its grids.
+    """CREATE TABLE IF NOT EXISTS attachment_refs (
+        hash TEXT NOT NULL, collection TEXT NOT NULL, record_id TEXT NOT NULL, grid TEXT NOT NULL,
+        PRIMARY KEY (hash, collection, record_id))""",
+    "CREATE INDEX IF NOT EXISTS attachment_refs_record ON attachment_refs (collection, record_id)",
+    # Jobs and compaction (server_stub/jobs.py, server_stub/compaction.py).
+    """CREATE TABLE IF NOT EXISTS device_cursors (
+        device_id TEXT NOT NULL, grid TEXT NOT NULL, seq BIGINT NOT NULL, snapshot_mark BIGINT NOT NULL DEFAULT 0,
+        updated_ms BIGINT NOT NULL, PRIMARY KEY (device_id, grid))""",
+    """CREATE TABLE IF NOT EXISTS compaction_marks (grid TEXT PRIMARY KEY, below BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS coverage (
+        grid TEXT NOT NULL, worker_id TEXT NOT NULL, households INTEGER NOT NULL, visited INTEGER NOT NULL,
+        visits INTEGER NOT NULL, days INTEGER NOT NULL, computed_ms BIGINT NOT NULL, PRIMARY KEY (grid, worker_id))""",
+    """CREATE TABLE IF NOT EXISTS job_runs (
+        name TEXT PRIMARY KEY, started_ms BIGINT NOT NULL, finished_ms BIGINT NOT NULL, result TEXT NOT NULL)""",
+    # The web console (server_stub/accounts.py): sessions by the hash of their id, sign-in failures.
+    """CREATE TABLE IF NOT EXISTS console_sessions (
+        id_hash TEXT PRIMARY KEY, worker_id TEXT NOT NULL, csrf TEXT NOT NULL, created_ms BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS signin_failures (worker_id TEXT NOT NULL, at_ms BIGINT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS signin_failures_worker ON signin_failures (worker_id, at_ms)",
 ]
 
 

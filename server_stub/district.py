@@ -12,12 +12,15 @@ import os
 import re
 import time
 from typing import Any, Iterable, Mapping
+from urllib.parse import parse_qsl
 
 from fieldsync.clock import HybridClock
 from fieldsync.errors import ProtocolError
 from fieldsync.merge import values_of
 from fieldsync.protocol import (
     DEFAULT_PULL_LIMIT,
+    MAX_ATTACHMENT_BYTES,
+    MAX_CHUNK_BYTES,
     MAX_PULL_LIMIT,
     MAX_PUSH_CHANGES,
     MIN_SCHEMA_VERSION,
@@ -27,7 +30,19 @@ from fieldsync.protocol import (
 )
 from fieldsync.schema import SCHEMA_VERSION, Registry, default_registry
 
-from . import audit, auth
+from . import audit, auth, compaction
+from .attachments import (
+    STALE_PARTIAL_MS,
+    AttachmentStorage,
+    DirectoryStorage,
+    HashMismatch,
+    OffsetMismatch,
+    SizeMismatch,
+    backfill_refs,
+    default_folder,
+    hashes_in_scope,
+    is_content_hash,
+)
 from .auth import ApiError, Device
 from .db import Database, Tx, connect
 from .replica import (
@@ -56,6 +71,16 @@ def _bad(message: str) -> ApiError:
     return ApiError(400, "bad_request", message)
 
 
+def _cursors(body: Mapping[str, Any]) -> dict[str, int]:
+    """The request's cursor map (grid id -> server_seq), checked."""
+    cursors = body.get("cursors", {})
+    if not isinstance(cursors, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in cursors.items()
+    ):
+        raise _bad("cursors must map grid ids to integers >= 0")
+    return cursors
+
+
 def _schema_version(body: Mapping[str, Any]) -> int:
     v = body.get("schema_version")
     if isinstance(v, bool) or not isinstance(v, int):
@@ -65,14 +90,50 @@ def _schema_version(body: Mapping[str, Any]) -> int:
     return v
 
 
+H_ATTACHMENT_SIZE = "X-Fieldsync-Attachment-Size"
+MAX_STATUS_HASHES = 100
+
+
+def _check_hash(digest: str) -> None:
+    if not is_content_hash(digest):
+        raise _bad("an attachment is named by its SHA-256: 64 lower-case hex digits")
+
+
+def _count(text: str, what: str) -> int:
+    """A byte count or offset: decimal digits only (no sign, no spaces)."""
+    if not text.isascii() or not text.isdigit() or len(text) > 15:
+        raise _bad(f"{what} must be a whole number of bytes")
+    return int(text)
+
+
+def _query(query: str, names: tuple[str, ...]) -> dict[str, str]:
+    """The named parameters of a query string (each at most once; others are ignored)."""
+    out: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name in names:
+            if name in out:
+                raise _bad(f"{name} is given twice")
+            out[name] = value
+    return out
+
+
 class District:
     """One district's server state over a :class:`~server_stub.db.Database`."""
 
-    def __init__(self, db: Database | str, registry: Registry | None = None) -> None:
+    def __init__(self, db: Database | str, registry: Registry | None = None,
+                 attachments: AttachmentStorage | str | os.PathLike[str] | None = None) -> None:
         self.db = connect(db) if isinstance(db, str) else db
         self.registry = registry if registry is not None else default_registry()
         # A node id per process: two server processes never issue the same stamp.
         self.clock = HybridClock(f"srv-{os.getpid()}-{os.urandom(3).hex()}")
+        # Attachment bytes: a storage, a folder, or by default $FIELDSYNC_ATTACHMENTS /
+        # <sqlite file>-attachments / ./attachments (created on first use).
+        if isinstance(attachments, AttachmentStorage):
+            self.attachments: AttachmentStorage = attachments
+        else:
+            self.attachments = DirectoryStorage(attachments if attachments is not None else default_folder(self.db))
+        self._next_sweep = 0.0
+        backfill_refs(self.db)
 
     # -- devices -------------------------------------------------------------
     def enroll(self, body: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -167,14 +228,13 @@ class District:
         """The next page of changes for the device's grids after its cursors."""
         device.refuse_if_revoked()
         _schema_version(body)
-        cursors = body.get("cursors", {})
-        if not isinstance(cursors, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in cursors.items()
-        ):
-            raise _bad("cursors must map grid ids to integers >= 0")
+        cursors = _cursors(body)
         limit = body.get("limit", DEFAULT_PULL_LIMIT)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PULL_LIMIT:
             raise _bad(f"limit must be an integer from 1 to {MAX_PULL_LIMIT}")
+        # Record the acknowledged cursors (for compaction); a cursor below a compaction mark may restart at 0.
+        cursors, snapshot = compaction.pull_cursors(self.db, device.id, device.worker_id, cursors,
+                                                    body.get("snapshots") is True)
         with self.db.transaction() as tx:
             if tx.dialect == "postgresql":
                 # One snapshot for the counter and the rows: under READ COMMITTED a
@@ -183,6 +243,7 @@ class District:
             grids = auth.scope_of(tx, device.worker_id)
             rows, out_cursors, checksums, more = page(tx, grids, cursors, limit)
         head = json.dumps({"cursors": out_cursors, "checksums": checksums, "grids": grids, "more": more,
+                           **({"snapshot": snapshot} if snapshot else {}),
                            "server_time_ms": _now_ms()}, ensure_ascii=False, separators=(",", ":"))
         return (head[:-1] + ',"changes":' + encode_rows(rows) + "}").encode("utf-8")
 
@@ -192,11 +253,7 @@ class District:
 
         device.refuse_if_revoked()
         _schema_version(body)
-        cursors = body.get("cursors", {})
-        if not isinstance(cursors, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in cursors.items()
-        ):
-            raise _bad("cursors must map grid ids to integers >= 0")
+        cursors = _cursors(body)
         timeout = body.get("timeout_ms", 25_000)
         if isinstance(timeout, bool) or not isinstance(timeout, int) or not 0 <= timeout <= MAX_WAIT_MS:
             raise _bad(f"timeout_ms must be an integer from 0 to {MAX_WAIT_MS}")
@@ -249,6 +306,96 @@ class District:
         head = json.dumps({"grid": grid, "seq": seq, "buckets": sorted(set(wanted)), "server_time_ms": _now_ms()},
                           ensure_ascii=False, separators=(",", ":"))
         return (head[:-1] + ',"records":' + encode_rows(records) + "}").encode("utf-8")
+
+    # -- attachments (docs/protocol.md §16) ----------------------------------
+    def _attachment_scope(self, device: Device, hashes: list[str], action: str) -> None:
+        """Refuse (403, audited) unless a record of the device's grids refers to every hash.
+
+        Checked before anything about the bytes is looked at, so the answer is
+        the same whether or not the server holds the hash.
+        """
+        refused: ApiError | None = None
+        with self.db.transaction() as tx:
+            missing = sorted(set(hashes) - hashes_in_scope(tx, device.worker_id, hashes))
+            if missing:
+                audit.append(tx, f"device:{device.id}", action, f"attachment:{missing[0]}", {"refused": len(missing)})
+                refused = ApiError(403, "out_of_scope", "no record of your grids refers to this attachment")
+        if refused:
+            raise refused
+
+    def attachment_status(self, device: Device, body: Mapping[str, Any]) -> dict[str, Any]:
+        """What the server holds of each asked hash: missing, partial or complete."""
+        device.refuse_if_revoked()
+        _schema_version(body)
+        hashes = body.get("hashes")
+        if not isinstance(hashes, list) or not all(is_content_hash(h) for h in hashes):
+            raise _bad("hashes must be a list of SHA-256 hashes (64 lower-case hex digits)")
+        if len(hashes) > MAX_STATUS_HASHES:
+            raise _bad(f"at most {MAX_STATUS_HASHES} hashes per request")
+        self._attachment_scope(device, hashes, "authz.refused_read")
+        out = []
+        for h in hashes:
+            state = self.attachments.state(h)
+            out.append({"hash": h, "state": state.name, "received": state.received,
+                        "size": state.size if state.received or state.complete else None})
+        return {"attachments": out, "server_time_ms": _now_ms()}
+
+    def attachment_put(self, device: Device, digest: str, query: str, size_header: str | None,
+                       data: bytes) -> dict[str, Any]:
+        """Take one chunk of an upload (raw bytes at ``offset``); complete it when the last byte arrives."""
+        device.refuse_if_revoked()
+        _check_hash(digest)
+        params = _query(query, ("offset",))
+        if "offset" not in params:
+            raise _bad("the query must give offset=N")
+        offset = _count(params["offset"], "offset")
+        if size_header is None:
+            raise _bad(f"the header {H_ATTACHMENT_SIZE} must give the attachment's size")
+        size = _count(size_header, H_ATTACHMENT_SIZE)
+        if size > MAX_ATTACHMENT_BYTES:
+            raise ApiError(413, "attachment_too_large", f"attachments are limited to {MAX_ATTACHMENT_BYTES} bytes")
+        if offset + len(data) > size:
+            raise _bad(f"the chunk ends past the attachment's size ({size} bytes)")
+        self._attachment_scope(device, [digest], "authz.refused_write")
+        self._sweep_stale()
+        try:
+            state = self.attachments.append(digest, offset, data, size)
+        except OffsetMismatch as exc:
+            raise ApiError(409, "offset_mismatch", f"the upload continues at byte {exc.received}",
+                           received=exc.received) from None
+        except SizeMismatch as exc:
+            raise ApiError(409, "size_mismatch", f"the upload in progress is of {exc.size} bytes",
+                           size=exc.size, received=exc.received) from None
+        except HashMismatch:
+            with self.db.transaction() as tx:
+                audit.append(tx, f"device:{device.id}", "attachment.hash_mismatch", f"attachment:{digest}",
+                             {"size": size})
+            raise ApiError(422, "hash_mismatch", "the bytes received do not have this SHA-256; "
+                           "they were discarded, start again from 0") from None
+        return {"state": state.name, "received": state.received, "size": state.size}
+
+    def attachment_get(self, device: Device, digest: str, query: str) -> tuple[bytes, int]:
+        """Up to 1 MiB of a complete attachment from ``offset``: (bytes, whole size)."""
+        device.refuse_if_revoked()
+        _check_hash(digest)
+        params = _query(query, ("offset", "length"))
+        offset = _count(params.get("offset", "0"), "offset")
+        length = _count(params.get("length", str(MAX_CHUNK_BYTES)), "length")
+        self._attachment_scope(device, [digest], "authz.refused_read")
+        state = self.attachments.state(digest)
+        if not state.complete:
+            raise ApiError(404, "attachment_pending", "this attachment has not arrived on the server yet")
+        if offset > state.received:
+            raise _bad(f"offset is past the end of the attachment ({state.received} bytes)")
+        return self.attachments.open_range(digest, offset, min(length, MAX_CHUNK_BYTES)), state.received
+
+    def _sweep_stale(self) -> None:
+        """Now and then (at most hourly per process), remove uploads nobody continued for 7 days."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 3600
+        self.attachments.remove_stale(STALE_PARTIAL_MS)
 
     # -- administration ------------------------------------------------------
     def add_worker(self, worker_id: str, name: str, role: str = "worker", department: str | None = None) -> None:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fieldsync.protocol import MAX_PULL_LIMIT, MAX_PUSH_CHANGES, N_BUCKETS, PROTOCOL_VERSION
+from fieldsync.protocol import (
+    MAX_ATTACHMENT_BYTES,
+    MAX_CHUNK_BYTES,
+    MAX_PULL_LIMIT,
+    MAX_PUSH_CHANGES,
+    N_BUCKETS,
+    PROTOCOL_VERSION,
+)
 
 __all__ = ["openapi_document"]
 
@@ -22,7 +29,7 @@ _SIGNED = [{"deviceSignature": [], "deviceId": [], "requestTime": [], "requestNo
 def _error_responses(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed request", 401: "Authentication failed", 403: "Revoked device or grid out of scope",
             409: "Conflict with the current state", 413: "Too large", 415: "Unsupported Content-Encoding", 426: "Schema version too old",
-            429: "Too many attempts"}
+            429: "Too many attempts", 404: "Not there (yet)", 422: "Content does not match its hash"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             for c in codes}
 
@@ -38,6 +45,52 @@ def _op(summary: str, request: str | None, response: str, errors: tuple[int, ...
     if signed:
         op["security"] = _SIGNED
     return op
+
+
+_HASH = {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "SHA-256 of the attachment's bytes, lower-case hex"}
+_BYTES = {"type": "string", "format": "binary"}
+_SIZE_HEADER = "X-Fieldsync-Attachment-Size"
+
+
+def _attachment_ops() -> dict[str, Any]:
+    """GET and PUT /v1/attachments/{hash}: raw bytes both ways (docs/protocol.md §16)."""
+    hash_param = {"name": "hash", "in": "path", "required": True, "schema": _HASH}
+    offset = {"type": "integer", "minimum": 0}
+    size_header = {_SIZE_HEADER: {"description": "the whole attachment's size in bytes",
+                                  "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ATTACHMENT_BYTES}}}
+    state = {"application/json": {"schema": {"$ref": "#/components/schemas/AttachmentUpload"}}}
+    return {
+        "put": {
+            "summary": "Upload one chunk of an attachment at offset (resumable; completes when the SHA-256 matches)",
+            "security": _SIGNED,
+            "parameters": [
+                hash_param,
+                {"name": "offset", "in": "query", "required": True, "schema": offset,
+                 "description": "where the chunk starts: the bytes the server already holds (see /v1/attachments/status)"},
+                {"name": _SIZE_HEADER, "in": "header", "required": True,
+                 "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ATTACHMENT_BYTES},
+                 "description": "the whole attachment's size in bytes"},
+            ],
+            "requestBody": {"required": True, "description": f"raw bytes, at most {MAX_CHUNK_BYTES}; never gzip-encoded",
+                            "content": {"application/octet-stream": {"schema": {**_BYTES, "maxLength": MAX_CHUNK_BYTES}}}},
+            "responses": {"200": {"description": "Chunk kept (partial) or attachment complete", "content": state},
+                          **_error_responses(400, 401, 403, 409, 413, 415, 422)},
+        },
+        "get": {
+            "summary": "Download a range of a complete attachment",
+            "security": _SIGNED,
+            "parameters": [
+                hash_param,
+                {"name": "offset", "in": "query", "required": False, "schema": {**offset, "default": 0}},
+                {"name": "length", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 0, "default": MAX_CHUNK_BYTES},
+                 "description": f"at most {MAX_CHUNK_BYTES} bytes are answered whatever is asked"},
+            ],
+            "responses": {"200": {"description": "The bytes from offset", "headers": size_header,
+                                  "content": {"application/octet-stream": {"schema": _BYTES}}},
+                          **_error_responses(400, 401, 403, 404)},
+        },
+    }
 
 
 def openapi_document() -> dict[str, Any]:
@@ -61,6 +114,10 @@ def openapi_document() -> dict[str, Any]:
                                        "RepairResponse", (400, 401, 403, 413, 415))},
             "/v1/wait": {"post": _op("Long-poll: wait until the device's grids change after its cursors", "WaitRequest",
                                      "WaitResponse", (400, 401, 403, 413, 415, 426))},
+            "/v1/attachments/status": {"post": _op("What the server holds of attachments: missing, partial or complete",
+                                                   "AttachmentStatusRequest", "AttachmentStatusResponse",
+                                                   (400, 401, 403, 413, 415, 426))},
+            "/v1/attachments/{hash}": _attachment_ops(),
         },
         "components": {
             "securitySchemes": {
@@ -75,7 +132,9 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object", "required": ["code", "message"],
                     "properties": {"code": {"type": "string"}, "message": {"type": "string"},
                                    "wipe": {"type": "boolean"}, "server_time_ms": {"type": "integer"},
-                                   "retry_after": {"type": "integer"}}}}},
+                                   "retry_after": {"type": "integer"},
+                                   "received": {"type": "integer", "description": "offset_mismatch, size_mismatch"},
+                                   "size": {"type": "integer", "description": "size_mismatch"}}}}},
                 "FieldWrite": _WRITE,
                 "Stamp": _STAMP,
                 "Empty": {"type": "object"},
@@ -112,7 +171,8 @@ def openapi_document() -> dict[str, Any]:
                 "PullRequest": {"type": "object", "required": ["schema_version"],
                                 "properties": {"schema_version": schema_version,
                                                "cursors": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
-                                               "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PULL_LIMIT}}},
+                                               "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PULL_LIMIT},
+                                               "snapshots": {"type": "boolean"}}},
                 "PulledChange": {"type": "object", "required": ["server_seq", "collection", "id", "grid"],
                                  "properties": {"server_seq": {"type": "integer"}, "collection": _ID, "id": _ID, "grid": _ID,
                                                 "fields": _FIELDS, "left": {"type": "boolean"}}},
@@ -121,6 +181,7 @@ def openapi_document() -> dict[str, Any]:
                                                 "cursors": {"type": "object", "additionalProperties": {"type": "integer"}},
                                                 "checksums": {"type": "object", "additionalProperties": {"type": "integer"}},
                                                 "grids": {"type": "array", "items": _ID}, "more": {"type": "boolean"},
+                                                "snapshot": {"type": "array", "items": _ID},
                                                 "server_time_ms": {"type": "integer"}}},
                 "WaitRequest": {"type": "object", "required": ["schema_version"],
                                 "properties": {"schema_version": schema_version,
@@ -129,6 +190,21 @@ def openapi_document() -> dict[str, Any]:
                 "WaitResponse": {"type": "object", "required": ["changed", "server_time_ms"],
                                  "properties": {"changed": {"type": "array", "items": _ID},
                                                 "server_time_ms": {"type": "integer"}}},
+                "AttachmentStatusRequest": {
+                    "type": "object", "required": ["schema_version", "hashes"],
+                    "properties": {"schema_version": schema_version,
+                                   "hashes": {"type": "array", "maxItems": 100, "items": _HASH}}},
+                "AttachmentUpload": {
+                    "type": "object", "required": ["state", "received", "size"],
+                    "properties": {"state": {"type": "string", "enum": ["missing", "partial", "complete"]},
+                                   "received": {"type": "integer", "minimum": 0},
+                                   "size": {"type": "integer", "minimum": 0, "nullable": True}}},
+                "AttachmentStatusResponse": {
+                    "type": "object", "required": ["attachments"],
+                    "properties": {"attachments": {"type": "array", "items": {
+                        "allOf": [{"$ref": "#/components/schemas/AttachmentUpload"},
+                                  {"type": "object", "required": ["hash"], "properties": {"hash": _HASH}}]}},
+                        "server_time_ms": {"type": "integer"}}},
                 "BucketsRequest": {"type": "object", "required": ["grid"], "properties": {"grid": _ID}},
                 "BucketsResponse": {"type": "object", "required": ["grid", "seq", "buckets"],
                                     "properties": {"grid": _ID, "seq": {"type": "integer"},

@@ -24,6 +24,7 @@ from fieldsync.protocol import N_BUCKETS, bucket_of, record_digest
 from fieldsync.schema import Registry
 from fieldsync.workflow import WORKER_PROTECTED_FIELDS, transition_allowed
 
+from .attachments import index_record
 from .db import Tx
 
 __all__ = ["Refused", "Actor", "GridCounters", "apply_writes", "load_state", "page", "encode_rows",
@@ -248,6 +249,7 @@ def _store(counters: GridCounters, collection: str, rid: str, state: Mapping[str
         (collection, rid, new_grid, seq, deleted, digest,
          json.dumps(state, ensure_ascii=False, separators=(",", ":")), _now_ms()),
     )
+    index_record(tx, collection, rid, new_grid, state)  # the attachments it refers to follow the record
 
 
 def _record_conflict(counters: GridCounters, clock: HybridClock, collection: str, rid: str,

@@ -8,6 +8,7 @@ come back through ``@mainthread`` so the UI never waits for the network.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import replace
@@ -33,12 +34,12 @@ from fieldsync.transport import Request, Transport
 from .config import AppConfig
 from .fonts import FontNotFound, find_cjk_font
 from .i18n import load_catalog, tr
-from .screens import NAV_SCREENS, SCREENS, load_screen
+from .screens import NAV_SCREENS, load_screen
 from .services.forms import Drafts
 from .services.grid import GridModel
 from .services.review import open_counts
 from .services.session import Session
-from .services.sync_worker import SyncWorker
+from .services.sync_worker import SyncWorker, network_is_metered, prefetch_missing_photos
 from .widgets.syncbar import SyncBar
 
 __all__ = ["GridWorkerApp"]
@@ -86,7 +87,7 @@ class GridWorkerApp(App):
         root = BoxLayout(orientation="vertical")
         self.syncbar = SyncBar()
         self.manager = ScreenManager(transition=NoTransition())
-        for name in SCREENS:
+        for name in ("setup", "unlock", "overview"):  # the rest are built when first shown
             self.manager.add_widget(load_screen(name))
         self.navbar = Builder.load_string("NavBar:\n")
         for name in NAV_SCREENS:
@@ -120,6 +121,8 @@ class GridWorkerApp(App):
         return tr(key, lang or self.lang, **values)
 
     def go(self, name: str, **params: Any) -> None:
+        if not self.manager.has_screen(name):
+            self.manager.add_widget(load_screen(name))
         screen = self.manager.get_screen(name)
         screen.prepare(**params)
         if self.manager.current == name:
@@ -152,6 +155,8 @@ class GridWorkerApp(App):
         self._last_touch = time.monotonic()
         self.status = SyncClient(store, self.session.transport()).status if who else SyncStatus()
         self.syncbar.show(self.status)
+        gc.collect()
+        gc.freeze()  # the app's long-lived objects leave the collector's view: no 100 ms pauses while typing
         if self.sync_in_background:
             self.start_sync_worker()
         self.go("overview", reset=True)
@@ -185,8 +190,15 @@ class GridWorkerApp(App):
     def start_sync_worker(self) -> None:
         cfg = self.config_file
         self.worker = SyncWorker(self._client, self._probe, on_status=self._sync_status, on_done=self._sync_done,
-                                 interval_s=cfg.sync_interval_s, probe_interval_s=cfg.probe_interval_s)
+                                 interval_s=cfg.sync_interval_s, probe_interval_s=cfg.probe_interval_s,
+                                 prefetch=self._prefetch_photos)
         self.worker.start()
+
+    def _prefetch_photos(self, client: SyncClient) -> None:
+        """After a sync (worker thread): fetch missing report photos when settings.json has
+        ``prefetch_photos_on_wifi`` and the network is not metered."""
+        if self.config_file.prefetch_photos_on_wifi and not network_is_metered(platform):
+            prefetch_missing_photos(client)
 
     def _client(self, on_status: Callable[[SyncStatus], None]) -> SyncClient | None:
         store = self.session.store
@@ -217,6 +229,8 @@ class GridWorkerApp(App):
 
     def saved(self) -> None:
         """A screen saved a record: show it as pending and let the worker sync soon."""
+        if self.grid is not None:
+            self.grid.invalidate()
         self._recount()
         if self.worker is not None:
             self.worker.changed()
@@ -258,6 +272,8 @@ class GridWorkerApp(App):
         }
         if result is not None and self.session.store is not None:
             changes["last_synced_ms"] = self.session.store.get_meta("last_synced_ms")
+            if self.grid is not None and (result.pulled or result.removed or result.repaired):
+                self.grid.invalidate()
         self._recount(**changes)
         self.screen.refresh()
 

@@ -25,6 +25,7 @@ class AppConfig:
     font_path: str = ""
     ca_bundle: str = ""
     allow_insecure_http: bool = False  # only for a trusted test network; loopback is always allowed
+    prefetch_photos_on_wifi: bool = False  # after a sync, fetch missing report photos when not metered
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

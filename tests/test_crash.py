@@ -65,7 +65,10 @@ def _kill_run(path: Path, run: int, rng: random.Random, batch: int = 0) -> list[
                 acked.append(proc.stdout.readline().rstrip("\n"))
             time.sleep(rng.uniform(0.0, 0.01))
         proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate(timeout=30)
+        proc.wait(30)
+        # Read the rest through the same text stream readline() used: communicate() would read
+        # the pipe underneath it and lose the lines readline() had already buffered.
+        out, err = proc.stdout.read(), proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -45,5 +45,12 @@ register({
     "visit.problem.too_long": ("{field}最多 {n} 个字", "{field} can have at most {n} characters"),
     "visit.problem.choice": ("{field}不是可选的值", "{field} is not one of the choices"),
     "visit.problem.other": ("{field}有误：{problem}", "{field}: {problem}"),
+    "visit.photo": ("照片（可不填）", "Photo (optional)"),
+    "visit.photo.add": ("添加照片", "Add photo"),
+    "visit.photo.replace": ("换一张", "Replace photo"),
+    "visit.photo.remove": ("删除照片", "Remove photo"),
+    "visit.photo.locked": ("已锁定，照片没有保存", "Locked: the photo was not kept"),
+    "visit.field.attachments": ("照片", "Photo"),
+    "visit.problem.photo_missing": ("{field}已不在本机，请重新添加", "{field} is no longer on this tablet: add it again"),
     "visit.save_failed": ("保存失败，草稿仍在本机：{message}", "Could not save; the draft is kept: {message}"),
 })

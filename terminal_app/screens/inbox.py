@@ -1,10 +1,15 @@
 """The worker's inbox: open tasks, and their reports with the status the command centre set.
 
 The list is a RecycleView; tapping a row opens its detail in the same
-screen (``mode == "detail"``): a report's fields, its timeline (status,
-time, who) and, when the department says it is resolved, the worker's two
-choices (confirm or reopen).  Only moves that
+screen (``mode == "detail"``): a report's fields, its photo, its timeline
+(status, time, who) and, when the department says it is resolved, the
+worker's two choices (confirm or reopen).  Only moves that
 :func:`fieldsync.workflow.transition_allowed` grants a worker are offered.
+
+A report's photo this tablet does not hold (the department's photo of the
+fixed problem, or one evicted from the cache) is downloaded when the report
+is opened, on a background thread; the screen says "下载中…" and shows the
+photo when it has arrived (``@mainthread``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import io
 from typing import Any
 
 from kivy.app import App
+from kivy.clock import mainthread
 from kivy.core.image import Image as CoreImage
 from kivy.factory import Factory
 from kivy.metrics import dp
@@ -21,6 +27,7 @@ from kivy.uix.behaviors import ButtonBehavior
 from kivy.uix.boxlayout import BoxLayout
 
 import fieldsync
+import fieldsync.sync
 
 from ..services import capture
 from ..services.forms import REPORT_CATEGORIES
@@ -94,7 +101,9 @@ class InboxScreen(FieldScreen):
     d_status_color = ListProperty(list(_GREY))
     d_prompt = StringProperty("")
     d_photo = ObjectProperty(None, allownone=True)
+    d_photo_note = StringProperty("")  # 下载中… while a photo is on its way
     d_household = StringProperty("")
+    photos = capture.PhotoFetch()  # one per app: a download outlives the screen being left
 
     # -- opening ------------------------------------------------------------------
     def prepare(self, report_id: str | None = None, task_id: str | None = None, **params: Any) -> None:
@@ -176,6 +185,7 @@ class InboxScreen(FieldScreen):
         self.message = ""
         self.mode, self.detail_kind, self.detail_id = "list", "", ""
         self.d_photo = None
+        self.d_photo_note = ""
         self.d_prompt = ""
         self.d_household = ""
         for box in ("detail_fields", "timeline_box", "actions_box"):
@@ -195,6 +205,7 @@ class InboxScreen(FieldScreen):
         for box in ("detail_fields", "timeline_box", "actions_box"):
             self.ids[box].clear_widgets()
         self.d_photo = None
+        self.d_photo_note = ""
         self.d_prompt = ""
         if self.detail_kind == "report":
             self._show_report(store, record)
@@ -219,14 +230,7 @@ class InboxScreen(FieldScreen):
         self._field("inbox.due_at", short_time(report.get("due_at"), self.app.today))
         self._field("inbox.location", describe_location(report.get("location")))
         self._field("inbox.description", str(report.get("description") or ""))
-        for content_hash in report.get("attachments") or []:
-            if store.attachments.exists(content_hash):
-                try:
-                    small, kind = capture.thumbnail(store.attachments.read(content_hash))
-                    self.d_photo = CoreImage(io.BytesIO(small), ext=kind).texture
-                except (fieldsync.FieldsyncError, capture.PhotoError):
-                    continue
-                break
+        self._show_photo(store, report)
         steps = report_steps(report, my_move(store, self.detail_id))
         for n, step in enumerate(steps):
             st = str(step.get("status") or "")
@@ -242,6 +246,59 @@ class InboxScreen(FieldScreen):
             button.background_color = STATUS_COLORS.get(new, _GREY)
             button.bind(on_release=lambda b: self.move_report(b.status))
             self.ids.actions_box.add_widget(button)
+
+    # -- the photo ----------------------------------------------------------------
+    def _show_photo(self, store: fieldsync.Store, report: dict[str, Any]) -> None:
+        """The report's first photo: from the store, or fetched from the server now."""
+        for content_hash in report.get("attachments") or []:
+            if not isinstance(content_hash, str):
+                continue
+            where = capture.fetch_photo(self.photos, store, self._photo_client, content_hash,
+                                        on_progress=self._photo_progress, on_done=self._photo_done)
+            if where == "fetching":
+                self.d_photo_note = self.t("sync.photo_downloading")
+                return
+            try:
+                small, kind = capture.thumbnail(store.attachments.read(content_hash))
+                self.d_photo = CoreImage(io.BytesIO(small), ext=kind).texture
+            except (fieldsync.FieldsyncError, capture.PhotoError):
+                continue
+            return
+
+    def _photo_client(self) -> fieldsync.sync.SyncClient | None:
+        """A sync client for a download (called on the download's thread)."""
+        store = self.app.session.store
+        if store is None:
+            return None
+        return fieldsync.sync.SyncClient(store, self.app.session.transport(), retries=1, backoff_s=0.5,
+                                         max_backoff_s=2)
+
+    def _showing_photo(self, content_hash: str) -> bool:
+        store = self.app.session.store
+        if store is None or self.mode != "detail" or self.detail_kind != "report":
+            return False
+        try:
+            return content_hash in (store.get("reports", self.detail_id).get("attachments") or [])
+        except fieldsync.FieldsyncError:
+            return False
+
+    @mainthread
+    def _photo_progress(self, content_hash: str, percent: int) -> None:
+        if self._showing_photo(content_hash) and self.d_photo is None:
+            self.d_photo_note = self.t("sync.photo_downloading_percent", percent=percent)
+
+    @mainthread
+    def _photo_done(self, content_hash: str, problem: str | None, detail: str) -> None:
+        if not self._showing_photo(content_hash):
+            return  # the worker moved on (or locked the tablet): nothing to show
+        store = self.app.session.store
+        if problem is None and store is not None:
+            self.d_photo_note = ""
+            self._show_photo(store, store.get("reports", self.detail_id))
+        elif problem == "pending":
+            self.d_photo_note = self.t("sync.photo_not_uploaded")
+        else:
+            self.d_photo_note = self.t("sync.photo_unavailable", message=detail)
 
     def _step_detail(self, step: dict[str, Any], department: str | None = None) -> str:
         when = short_time(step.get("at"), self.app.today) or self.t("inbox.time_unknown")

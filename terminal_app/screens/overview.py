@@ -61,7 +61,7 @@ class OverviewScreen(FieldScreen):
         rows = grid.rows(tag=tag, only=matches)
         if self.tag == "overdue":
             rows = [r for r in rows if r.overdue]
-        total = len(grid.rows()) if (matches is not None or self.tag) else len(rows)
+        total = self.app.session.require_store().count("households")
         self.title = self.t("overview.title", n=total)
         if matches is not None:
             self.message = self.t("overview.found", n=len(rows)) if rows else self.t("overview.not_found")

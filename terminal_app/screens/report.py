@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import re
-from pathlib import Path
 from typing import Any
 
 from kivy.app import App
@@ -26,6 +25,7 @@ import fieldsync
 from ..services import capture
 from ..services.forms import REPORT_CATEGORIES, save_report, suggest_department
 from .base import FieldScreen
+from .photo_field import PhotoField
 
 __all__ = ["ReportScreen", "ReportPhotoChooser", "DRAFT", "DRAFT_DELAY_S"]
 
@@ -58,7 +58,8 @@ class ReportPhotoChooser(Popup):
             self.deliver(selection[0], False)
 
 
-class ReportScreen(FieldScreen):
+class ReportScreen(PhotoField, FieldScreen):
+    locked_message = "report.locked"
     category = StringProperty("")
     suggestion = StringProperty("")
     household_id = StringProperty("")
@@ -258,34 +259,9 @@ class ReportScreen(FieldScreen):
         self.chooser.open()
         return self.chooser
 
-    @mainthread
-    def _photo_from_camera(self, path: str | None, owned: bool) -> None:
-        self.photo_chosen(path, owned)
-
-    def photo_chosen(self, path: str | None, owned: bool = False) -> None:
-        """A photo file was chosen (file chooser or camera): encrypt it into the store and show it."""
-        if not path:
-            return
-        store = self.app.session.store
-        if store is None:
-            self.message = self.t("report.locked")
-            if owned:  # never leave a plaintext camera photo behind
-                Path(path).unlink(missing_ok=True)
-            return
-        try:
-            content_hash = capture.store_photo(store, path, owned)
-        except capture.PhotoError as exc:
-            self.message = self.t(f"report.photo.error.{exc.code}", detail=exc.detail)
-            return
-        except fieldsync.FieldsyncError as exc:
-            self.message = self.t("report.photo.error.store", detail=str(exc))
-            return
-        previous = self.photo_hash
-        self._set_photo(content_hash)
-        if previous and previous != content_hash:
-            capture.discard_photo(store, previous)
-        self.message = self.t("report.photo.saved") if self.thumb_texture is not None else self.message
-        self.changed()
+    def photo_stored(self) -> None:
+        if self.thumb_texture is not None:
+            self.message = self.t("report.photo.saved")
 
     def remove_photo(self) -> None:
         store = self.app.session.store

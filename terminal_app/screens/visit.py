@@ -9,16 +9,21 @@ discards it (two taps: one slip of a finger must not lose a long note).
 
 from __future__ import annotations
 
+import io
 import logging
+from pathlib import Path
 from typing import Any
 
 from kivy.clock import Clock
+from kivy.core.image import Image as CoreImage
 from kivy.factory import Factory
-from kivy.properties import BooleanProperty, StringProperty
+from kivy.properties import BooleanProperty, ObjectProperty, StringProperty
+from kivy.utils import platform
 
 import fieldsync
 
 from ..i18n import keys
+from ..services import capture
 from ..services.forms import (
     VISIT_NEEDS,
     VISIT_PURPOSES,
@@ -30,6 +35,7 @@ from ..services.forms import (
 )
 from ..services.grid import household_place
 from .base import FieldScreen
+from .photo_field import PhotoField
 
 __all__ = ["VisitScreen", "DRAFT_DELAY_S"]
 
@@ -39,12 +45,15 @@ DRAFT_DELAY_S = 0.5
 DISARM_S = 3.0
 
 
-class VisitScreen(FieldScreen):
+class VisitScreen(PhotoField, FieldScreen):
+    locked_message = "visit.photo.locked"
     show_nav = False  # a form: leave it by Save or Cancel, not by a stray tap on the bar
     household_id = StringProperty("")
     place = StringProperty("")
     found = BooleanProperty(False)
     discard_armed = BooleanProperty(False)
+    photo_hash = StringProperty("")  # content hash of the photo in the store ("" = none)
+    thumb_texture = ObjectProperty(None, allownone=True)
 
     def __init__(self, **kwargs: Any) -> None:
         self._loading = False  # True while the form is filled from a draft: not a change
@@ -124,6 +133,7 @@ class VisitScreen(FieldScreen):
             needs=[c.value for c in self._chips("needs") if c.state == "down"],
             follow_up=self.ids.follow_up.text,
             location=self.ids.location.text,
+            photo=self.photo_hash,
         )
 
     def _set_form(self, form: VisitForm) -> None:
@@ -136,6 +146,7 @@ class VisitScreen(FieldScreen):
             self.ids.notes.text = form.notes
             self.ids.follow_up.text = form.follow_up
             self.ids.location.text = form.location
+            self._set_photo(form.photo)
         finally:
             self._loading = False
         self._draft_trigger.cancel()  # what is on screen is what is stored
@@ -152,6 +163,52 @@ class VisitScreen(FieldScreen):
         grid = self.app.grid
         if grid is not None:
             self.ids.follow_up.text = follow_up_after(grid.today, days)
+
+    # -- photo (the same helpers as the report form) -----------------------------------
+    def pick_photo(self) -> None:
+        """Add photo: the camera on Android, the file chooser elsewhere."""
+        self.message = ""
+        capture.pick_photo(platform, on_chosen=self._photo_from_camera, open_chooser=self._open_chooser,
+                           data_dir=self.app.config_file.data_dir)
+
+    def _open_chooser(self, on_chosen: Any = None) -> Any:
+        from .report import ReportPhotoChooser  # the desktop chooser; its layout lives in report.kv
+
+        self._ensure_chooser_rules()
+        chooser = ReportPhotoChooser(folder=capture.start_folder(), deliver=on_chosen or self.photo_chosen)
+        chooser.open()
+        return chooser
+
+    @staticmethod
+    def _ensure_chooser_rules() -> None:
+        from kivy.lang import Builder
+
+        kv = Path(__file__).with_name("report.kv")
+        if str(kv) not in Builder.files:
+            Builder.load_file(str(kv))
+
+
+    def remove_photo(self) -> None:
+        store = self.app.session.store
+        if store is not None and self.photo_hash:
+            capture.discard_photo(store, self.photo_hash)
+        self._set_photo("")
+        self.changed()
+
+    def _set_photo(self, content_hash: str) -> None:
+        self.photo_hash = content_hash
+        self.thumb_texture = None
+        store = self.app.session.store
+        if content_hash and store is not None:
+            try:
+                small, kind = capture.thumbnail(store.attachments.read(content_hash))
+                self.thumb_texture = CoreImage(io.BytesIO(small), ext=kind).texture
+            except (fieldsync.RecordNotFound, fieldsync.IntegrityError):
+                self.photo_hash = ""
+                self.message = self.t("report.photo.error.missing_in_store")
+            except capture.PhotoError as exc:
+                self.photo_hash = ""
+                self.message = self.t(f"report.photo.error.{exc.code}", detail=exc.detail)
 
     # -- drafts --------------------------------------------------------------------
     def _save_draft(self, dt: float = 0) -> None:

@@ -3,10 +3,12 @@
 Where a photo comes from depends on the platform: on Android (and iOS) the
 camera through plyer, elsewhere a file chooser the screen provides.  The
 screen passes ``kivy.utils.platform`` in, so this module can be tested with
-fakes.  A chosen photo is checked, encrypted into the store
-(``store.attachments.add``) and referred to by its content hash; a camera
-file written by us is deleted once it is encrypted, so no plaintext photo
-stays on the tablet.  Thumbnails are made in memory.
+fakes.  A chosen photo is checked, normalised (``fieldsync.photos.normalise``:
+upright, longest edge 1600 px, JPEG quality 80, no EXIF/GPS), encrypted into
+the store (``store.attachments.add``) and referred to by the content hash of
+the normalised bytes; a camera file written by us is deleted once it is
+encrypted, so no plaintext photo stays on the tablet.  Thumbnails are made in
+memory.
 
 Location: GPS through plyer where there is one (Android), otherwise (and
 whenever there is no fix, as in a basement) the place the worker types.
@@ -17,17 +19,21 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import fieldsync
 from fieldsync import Store
+from fieldsync.photos import DEFAULT_MAX_EDGE, DEFAULT_QUALITY, NotAPhotoError, PhotosUnavailable, normalise
 
 __all__ = [
     "PHOTO_FILTERS", "MAX_PHOTO_BYTES", "PhotoError", "photo_source", "photo_kind", "pick_photo",
     "take_picture", "store_photo", "discard_photo", "thumbnail", "camera_folder", "discard_leftovers", "start_folder",
+    "PhotoFetch", "fetch_photo",
     "GpsFix", "LocationSource", "location_value",
 ]
 
@@ -121,12 +127,15 @@ def pick_photo(platform: str, *, on_chosen: OnChosen, open_chooser: Callable[[On
     return "files"
 
 
-def store_photo(store: Store, path: str | os.PathLike[str], owned: bool = False) -> str:
-    """Encrypt the photo at ``path`` into the store; returns its content hash.
+def store_photo(store: Store, path: str | os.PathLike[str], owned: bool = False, *,
+                max_edge: int = DEFAULT_MAX_EDGE, quality: int = DEFAULT_QUALITY) -> str:
+    """Normalise the photo at ``path`` and encrypt it into the store; returns its content hash.
 
-    Raises :class:`PhotoError` (``missing``, ``not_a_photo``, ``too_big``,
-    ``unreadable``).  When ``owned`` (a camera file of ours) the plaintext
-    file is deleted afterwards, whatever happened.
+    What is stored (and later sent) is the normalised JPEG: a 4–8 MB phone
+    photo becomes a few hundred KB, upright, without its EXIF (GPS
+    included).  Raises :class:`PhotoError` (``missing``, ``not_a_photo``,
+    ``too_big``, ``unreadable``).  When ``owned`` (a camera file of ours) the
+    plaintext file is deleted afterwards, whatever happened.
     """
     p = Path(path)
     try:
@@ -142,18 +151,85 @@ def store_photo(store: Store, path: str | os.PathLike[str], owned: bool = False)
             raise PhotoError("not_a_photo", p.name)
         if size > MAX_PHOTO_BYTES:
             raise PhotoError("too_big", str(size // (1024 * 1024)))
-        return store.attachments.add(p).hash
+        try:
+            small = normalise(p, max_edge=max_edge, quality=quality)
+        except NotAPhotoError as exc:
+            raise PhotoError("not_a_photo", p.name) from exc
+        except PhotosUnavailable as exc:
+            raise PhotoError("unreadable", "pip install fieldsync[photos]") from exc
+        except OSError as exc:
+            raise PhotoError("unreadable", exc.strerror or type(exc).__name__) from exc
+        return store.attachments.add(io.BytesIO(small)).hash
     finally:
         if owned:
             p.unlink(missing_ok=True)
 
 
 def discard_photo(store: Store, content_hash: str) -> bool:
-    """Remove a photo the worker took back, unless a saved report refers to it; True if removed."""
-    if any(content_hash in (r.get("attachments") or ()) for r in store.list("reports")):
+    """Remove a photo the worker took back, unless a saved report or visit refers to it; True if removed."""
+    if any(content_hash in (r.get("attachments") or ()) for kind in ("reports", "visits") for r in store.list(kind)):
         return False
     store.attachments.remove(content_hash)
     return True
+
+
+class PhotoFetch:
+    """Downloads of photos this tablet does not hold (a report's photo from the server), one
+    background thread each, never two for the same photo.  No Kivy: the screen wraps the
+    callbacks so they run on the UI thread."""
+
+    def __init__(self) -> None:
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+
+    def busy(self, content_hash: str) -> bool:
+        with self._lock:
+            return content_hash in self._running
+
+    def start(self, client: Callable[[], Any], content_hash: str, *,
+              on_progress: Callable[[str, int], None], on_done: Callable[[str, str | None, str], None]) -> bool:
+        """Fetch ``content_hash`` with ``client()`` (a SyncClient, made on the thread); False if already running.
+
+        ``on_progress(hash, percent)`` follows the ranges; ``on_done(hash, problem, detail)``
+        ends it: ``problem`` is None when the photo is in the store, ``"pending"`` when the
+        server does not have it yet, ``"failed"`` otherwise (``detail`` says why, no personal data).
+        """
+        with self._lock:
+            if content_hash in self._running:
+                return False
+            self._running.add(content_hash)
+
+        def run() -> None:
+            problem: str | None = None
+            detail = ""
+            try:
+                sync_client = client()
+                if sync_client is None:
+                    raise fieldsync.StoreError("the tablet is locked")
+                sync_client.download_attachment(content_hash, progress=lambda p: on_progress(
+                    content_hash, int(100 * (p.fraction or 0.0))))
+            except fieldsync.RequestRejected as exc:
+                problem, detail = ("pending" if exc.code == "attachment_pending" else "failed"), exc.code
+            except Exception as exc:  # noqa: BLE001 - shown to the worker; the thread must end cleanly
+                problem, detail = "failed", str(exc)[:80] if isinstance(exc, fieldsync.FieldsyncError) \
+                    else type(exc).__name__
+            finally:
+                with self._lock:
+                    self._running.discard(content_hash)
+            on_done(content_hash, problem, detail)
+
+        threading.Thread(target=run, name="fieldsync-photo", daemon=True).start()
+        return True
+
+
+def fetch_photo(fetcher: PhotoFetch, store: Store, client: Callable[[], Any], content_hash: str, *,
+                on_progress: Callable[[str, int], None], on_done: Callable[[str, str | None, str], None]) -> str:
+    """The photo ``content_hash`` for a screen: ``"here"`` when the store holds it, else
+    ``"fetching"`` (a download started now or earlier; ``on_done`` follows)."""
+    if store.attachments.exists(content_hash):
+        return "here"
+    fetcher.start(client, content_hash, on_progress=on_progress, on_done=on_done)
+    return "fetching"
 
 
 def thumbnail(data: bytes, max_px: int = 480) -> tuple[bytes, str]:

@@ -67,12 +67,17 @@ class Drafts:
 
 def save_visit(store: Store, *, grid_id: str, household_id: str, worker_id: str, purpose: str,
                notes: str = "", needs: list[str] | None = None, follow_up: str | None = None,
-               location: Any = None, visited_at: str | None = None) -> str:
-    """Save a visit; raises :class:`fieldsync.ValidationError` naming the field at fault."""
+               location: Any = None, visited_at: str | None = None,
+               attachments: list[str] | None = None) -> str:
+    """Save a visit; raises :class:`fieldsync.ValidationError` naming the field at fault.
+
+    ``attachments`` are content hashes of photos already in ``store.attachments``.
+    """
     record = {
         "grid_id": grid_id, "household_id": household_id, "worker_id": worker_id,
         "visited_at": visited_at or now_iso(), "purpose": purpose, "notes": notes or None,
         "needs": needs or None, "follow_up": follow_up or None, "location": location or None,
+        "attachments": attachments or None,
     }
     return store.put("visits", {k: v for k, v in record.items() if v is not None})
 
@@ -110,6 +115,7 @@ class VisitForm:
     needs: list[str] = field(default_factory=list)
     follow_up: str = ""
     location: str = ""
+    photo: str = ""  # content hash of the photo in store.attachments ("" = none)
 
     @classmethod
     def from_draft(cls, data: Any) -> "VisitForm":
@@ -124,16 +130,16 @@ class VisitForm:
         raw_needs = data.get("needs")
         needs = [n for n in raw_needs if isinstance(n, str) and n] if isinstance(raw_needs, list) else []
         return cls(purpose=text("purpose"), notes=text("notes"), needs=list(dict.fromkeys(needs)),
-                   follow_up=text("follow_up"), location=text("location"))
+                   follow_up=text("follow_up"), location=text("location"), photo=text("photo"))
 
     def to_draft(self) -> dict[str, Any]:
         return {"purpose": self.purpose, "notes": self.notes, "needs": list(self.needs),
-                "follow_up": self.follow_up, "location": self.location}
+                "follow_up": self.follow_up, "location": self.location, "photo": self.photo}
 
     def is_empty(self) -> bool:
         """Nothing typed or chosen: no draft is worth keeping."""
         return not (self.purpose or self.notes.strip() or self.needs or self.follow_up.strip()
-                    or self.location.strip())
+                    or self.location.strip() or self.photo)
 
 
 def follow_up_after(today: date, days: int) -> str:
@@ -143,6 +149,7 @@ def follow_up_after(today: date, days: int) -> str:
 
 FOLLOW_UP_BAD_DATE = "must be a date like 2024-05-31"
 FOLLOW_UP_PAST = "must not be before today"
+PHOTO_MISSING = "is no longer on this device"
 
 
 _DATE_RE = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})")
@@ -186,9 +193,12 @@ def submit_visit(store: Store, form: VisitForm, *, grid_id: str, household_id: s
     if len(location) > LOCATION_MAX:
         raise fieldsync.ValidationError("visits", "location", f"must be at most {LOCATION_MAX} characters")
     needs = [n for n in VISIT_NEEDS if n in form.needs] + [n for n in form.needs if n not in VISIT_NEEDS]
+    if form.photo and not store.attachments.exists(form.photo):
+        raise fieldsync.ValidationError("visits", "attachments", PHOTO_MISSING)
     return save_visit(store, grid_id=grid_id, household_id=household_id, worker_id=worker_id,
                       purpose=form.purpose.strip(), notes=form.notes.strip(), needs=needs,
-                      follow_up=follow_up, location=location or None, visited_at=visited_at)
+                      follow_up=follow_up, location=location or None, visited_at=visited_at,
+                      attachments=[form.photo] if form.photo else None)
 
 
 _TOO_LONG_RE = re.compile(r"must be at most (\d+) characters")
@@ -206,6 +216,8 @@ def problem_message(problem: str) -> tuple[str, dict[str, Any]]:
         return "visit.problem.bad_date", {}
     if problem == FOLLOW_UP_PAST:
         return "visit.problem.past", {}
+    if problem == PHOTO_MISSING:
+        return "visit.problem.photo_missing", {}
     too_long = _TOO_LONG_RE.fullmatch(problem)
     if too_long:
         return "visit.problem.too_long", {"n": int(too_long[1])}
@@ -215,4 +227,4 @@ def problem_message(problem: str) -> tuple[str, dict[str, Any]]:
 
 
 __all__ += ["VisitForm", "visit_draft_name", "follow_up_after", "parse_follow_up", "submit_visit",
-            "problem_message", "FOLLOW_UP_BAD_DATE", "FOLLOW_UP_PAST", "LOCATION_MAX"]
+            "problem_message", "FOLLOW_UP_BAD_DATE", "FOLLOW_UP_PAST", "PHOTO_MISSING", "LOCATION_MAX"]

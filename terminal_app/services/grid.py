@@ -69,6 +69,11 @@ class GridModel:
     def __init__(self, store: Store, today: date | None = None) -> None:
         self.store = store
         self._today = today
+        self._rows: list[HouseholdRow] | None = None  # every household, built once per change
+
+    def invalidate(self) -> None:
+        """Records changed (a save, a sync): the next read rebuilds the list."""
+        self._rows = None
 
     @property
     def today(self) -> date:
@@ -83,16 +88,22 @@ class GridModel:
         return last
 
     def rows(self, tag: str | None = None, only: set[str] | None = None) -> list[HouseholdRow]:
-        """The household list (optionally one tag, or only the given ids), sorted by address."""
+        """The household list (optionally one tag, or only the given ids), sorted by address.
+
+        The whole list is decrypted once and kept until :meth:`invalidate`, so a
+        search or a filter only picks rows out of it.
+        """
+        if self._rows is None:
+            self._rows = self._build_rows()
+        return [r for r in self._rows
+                if (not tag or tag in r.tags) and (only is None or r.id in only)]
+
+    def _build_rows(self) -> list[HouseholdRow]:
         cutoff = (self.today - timedelta(days=OVERDUE_DAYS)).isoformat()
         last = self._last_visits()
         out = []
         for h in self.store.list("households"):
             tags = tuple(h.get("tags") or ())
-            if tag and tag not in tags:
-                continue
-            if only is not None and h["id"] not in only:
-                continue
             seen = last.get(h["id"]) or h.get("last_visit")
             place = "".join(str(h.get(k) or "") for k in ("building", "unit", "room"))
             out.append(HouseholdRow(

@@ -12,6 +12,7 @@ UI thread (Kivy's ``@mainthread``).  The UI thread never waits for a sync.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Callable
@@ -19,7 +20,51 @@ from typing import Callable
 import fieldsync
 from fieldsync.sync import SyncClient, SyncResult, SyncStatus
 
-__all__ = ["SyncWorker"]
+__all__ = ["SyncWorker", "missing_report_photos", "prefetch_missing_photos", "network_is_metered"]
+
+log = logging.getLogger("terminal_app.sync")
+
+
+def missing_report_photos(store: fieldsync.Store) -> list[str]:
+    """Content hashes the reports in this store refer to that the store does not hold (first seen first)."""
+    wanted: dict[str, None] = {}
+    for report in store.list("reports"):
+        for h in report.get("attachments") or ():
+            if isinstance(h, str) and h and not store.attachments.exists(h):
+                wanted[h] = None
+    return list(wanted)
+
+
+def prefetch_missing_photos(client: SyncClient) -> int:
+    """Download the report photos this device lacks; returns how many arrived.  Errors are
+    skipped (a photo not uploaded yet, out of scope, a network failure: the next sync tries again)."""
+    got = 0
+    for content_hash in missing_report_photos(client.store):
+        try:
+            client.download_attachment(content_hash)
+        except fieldsync.NetworkError:
+            break  # offline again: the rest would fail too
+        except Exception as exc:  # noqa: BLE001 - a prefetch never disturbs the sync
+            log.info("photo prefetch skipped %s: %s", content_hash[:12], type(exc).__name__)
+            continue
+        got += 1
+    return got
+
+
+def network_is_metered(platform: str) -> bool:
+    """True when the active network is metered (mobile data).  Only Android can tell; elsewhere
+    (desktop, tests) the network is taken as not metered.  When asking fails, assume metered."""
+    if platform != "android":
+        return False
+    try:
+        from jnius import autoclass  # type: ignore[import-not-found]
+
+        activity = autoclass("org.kivy.android.PythonActivity").mActivity
+        context = autoclass("android.content.Context")
+        manager = activity.getSystemService(context.CONNECTIVITY_SERVICE)
+        return bool(manager.isActiveNetworkMetered())
+    except Exception:  # noqa: BLE001 - no permission, no jnius: do not spend the worker's data
+        return True
 
 
 class SyncWorker:
@@ -33,8 +78,10 @@ class SyncWorker:
         interval_s: float = 300,
         probe_interval_s: float = 20,
         soon_s: float = 5,
+        prefetch: Callable[[SyncClient], object] | None = None,
     ) -> None:
         self._client_factory = client_factory
+        self._prefetch = prefetch
         self._probe = probe
         self._on_status = on_status
         self._on_done = on_done
@@ -141,3 +188,8 @@ class SyncWorker:
         self._due_at = time.monotonic() + self.interval_s
         self.running = False
         self._on_done(result, None)
+        if self._prefetch is not None:
+            try:
+                self._prefetch(client)
+            except Exception:  # noqa: BLE001 - a failed prefetch is never the sync's problem
+                log.info("photo prefetch failed", exc_info=True)

@@ -11,7 +11,7 @@ from kivy.uix.boxlayout import BoxLayout
 
 from fieldsync.sync import SyncStatus
 
-__all__ = ["SyncBar", "describe"]
+__all__ = ["SyncBar", "describe", "upload_percent"]
 
 
 def _ago(app: Any, ms: int | None) -> str:
@@ -29,21 +29,34 @@ def _ago(app: Any, ms: int | None) -> str:
 
 def describe(app: Any, status: SyncStatus) -> tuple[str, str]:
     """(main line, detail line) for a status, in the app's language."""
-    if status.phase in ("pushing", "pulling") and status.progress is not None:
-        main = app.t(f"sync.{status.phase}", n=status.progress.records)
+    progress = status.progress
+    if status.phase in ("pushing", "pulling") and progress is not None:
+        main = app.t(f"sync.{status.phase}", n=progress.records)
     elif status.phase == "repairing":
         main = app.t("sync.repairing")
+    elif status.phase == "uploading":
+        main = app.t("sync.uploading", percent=upload_percent(status))
     else:
         main = app.t("sync.online" if status.online else "sync.offline")
     parts = [app.t("sync.pending", n=status.pending), _ago(app, status.last_synced_ms)]
+    if status.photos_pending:
+        parts.insert(1, app.t("sync.photos_pending", n=status.photos_pending))
     if status.rejections:
         parts.append(app.t("sync.rejections", n=status.rejections))
     if status.conflicts:
         parts.append(app.t("sync.conflicts", n=status.conflicts))
+    if status.upload_error and status.phase == "idle":
+        parts.append(app.t("sync.upload_error"))  # the records went: a photo failing is not a failed sync
     detail = " · ".join(parts)
     if status.last_error and status.phase == "idle" and not status.online:
         detail = app.t("sync.error", message=status.last_error[:60]) + " · " + parts[0]
     return main, detail
+
+
+def upload_percent(status: SyncStatus) -> int:
+    """How far the photo upload is, 0..100 (rounded down: 100 only when done)."""
+    fraction = status.progress.fraction if status.progress is not None else None
+    return int((fraction or 0.0) * 100)
 
 
 class SyncBar(BoxLayout):
@@ -51,11 +64,14 @@ class SyncBar(BoxLayout):
     detail_text = StringProperty("")
     online = BooleanProperty(False)
     busy = BooleanProperty(False)
-    progress = NumericProperty(0)  # records moved in the current sync
+    progress = NumericProperty(0)  # records moved in the current sync (uploading photos: percent)
 
     def show(self, status: SyncStatus) -> None:
         app = App.get_running_app()
         self.main_text, self.detail_text = describe(app, status)
         self.online = status.online
         self.busy = status.phase != "idle"
-        self.progress = status.progress.records if status.progress else 0
+        if status.phase == "uploading":
+            self.progress = upload_percent(status)
+        else:
+            self.progress = status.progress.records if status.progress else 0

@@ -22,6 +22,7 @@ offscreen(quiet=True)  # before Kivy is imported anywhere in this process
 from PIL import Image  # noqa: E402
 
 from fieldsync import KdfParams  # noqa: E402
+from fieldsync.photos import normalise  # noqa: E402
 from server_stub.demo import WORKERS, build_demo  # noqa: E402
 from server_stub.demo_data import GRIDS, households, residents  # noqa: E402
 from server_stub.district import District  # noqa: E402
@@ -86,7 +87,7 @@ def _play(day: FieldDay, district: District, server: LocalServer, tmp_path: Path
     report = day.my_last_report()
     assert report["status"] == "submitted" and len(report["attachments"]) == 1
     assert store.attachments.exists(report["attachments"][0])
-    assert photo.read_bytes() == store.attachments.read(report["attachments"][0])
+    assert normalise(photo) == store.attachments.read(report["attachments"][0])  # stored normalised
 
     server.start()  # signal is back: the app notices and syncs by itself
     day.wait_synced()

@@ -18,6 +18,7 @@ from PIL import Image
 
 import fieldsync
 from fieldsync import Store
+from fieldsync.photos import normalise
 from terminal_app.services import capture
 from terminal_app.services.inbox import (
     actor_of,
@@ -152,8 +153,10 @@ def test_camera_that_cannot_start_falls_back_to_the_chooser(tmp_path: Path) -> N
 def test_store_photo_encrypts_and_keeps_the_chosen_file(store: Store, tmp_path: Path) -> None:
     photo = jpeg(tmp_path / "花园山3栋门口.jpg")
     content_hash = capture.store_photo(store, photo)
-    assert content_hash == hashlib.sha256(photo.read_bytes()).hexdigest()
-    assert store.attachments.read(content_hash) == photo.read_bytes()
+    stored = store.attachments.read(content_hash)
+    assert stored == normalise(photo)  # what is kept (and sent) is the normalised photo
+    assert content_hash == hashlib.sha256(stored).hexdigest()
+    assert MARKER not in stored  # its metadata (the comment) is gone
     assert photo.exists()  # the worker's own file is not ours to delete
     for f in store.attachments.folder.iterdir():
         assert MARKER not in f.read_bytes()
