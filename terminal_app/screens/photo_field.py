@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kivy.clock import mainthread
+from kivy.core.image import Image as CoreImage
 
 import fieldsync
 
@@ -15,7 +17,7 @@ __all__ = ["PhotoField"]
 
 
 class PhotoField:
-    """Mixed into a form screen that has ``photo_hash``, ``_set_photo(hash)`` and ``changed()``.
+    """Mixed into a form screen that has ``photo_hash`` and ``thumb_texture`` properties and ``changed()``.
 
     ``locked_message`` names the catalog entry shown when the app locked
     while a photo was being chosen.
@@ -27,8 +29,9 @@ class PhotoField:
         photo_hash: str
         message: str
 
+        thumb_texture: Any
+
         def t(self, key: str, **values: Any) -> str: ...
-        def _set_photo(self, content_hash: str) -> None: ...
         def changed(self, *args: Any) -> None: ...
 
     @mainthread
@@ -65,3 +68,30 @@ class PhotoField:
 
     def photo_stored(self) -> None:
         """Hook after a photo was stored (the report form says so)."""
+
+    def photo_shown(self) -> None:
+        """Hook after the thumbnail changed (the report form relabels its buttons)."""
+
+    def remove_photo(self) -> None:
+        store = self.app.session.store  # type: ignore[attr-defined]
+        if store is not None and self.photo_hash:
+            capture.discard_photo(store, self.photo_hash)
+        self._set_photo("")
+        self.changed()
+
+    def _set_photo(self, content_hash: str) -> None:
+        """Show ``content_hash``'s thumbnail (made in memory: no plaintext photo on disk), or none."""
+        self.photo_hash = content_hash
+        self.thumb_texture = None
+        store = self.app.session.store  # type: ignore[attr-defined]
+        if content_hash and store is not None:
+            try:
+                small, kind = capture.thumbnail(store.attachments.read(content_hash))
+                self.thumb_texture = CoreImage(io.BytesIO(small), ext=kind).texture
+            except (fieldsync.RecordNotFound, fieldsync.IntegrityError):
+                self.photo_hash = ""
+                self.message = self.t("report.photo.error.missing_in_store")
+            except capture.PhotoError as exc:
+                self.photo_hash = ""
+                self.message = self.t(f"report.photo.error.{exc.code}", detail=exc.detail)
+        self.photo_shown()

@@ -8,13 +8,11 @@ report refer to it by content hash, and the thumbnail is decoded in memory.
 
 from __future__ import annotations
 
-import io
 import re
 from typing import Any
 
 from kivy.app import App
 from kivy.clock import Clock, mainthread
-from kivy.core.image import Image as CoreImage
 from kivy.properties import BooleanProperty, ListProperty, ObjectProperty, StringProperty
 from kivy.uix.label import Label
 from kivy.uix.popup import Popup
@@ -263,27 +261,7 @@ class ReportScreen(PhotoField, FieldScreen):
         if self.thumb_texture is not None:
             self.message = self.t("report.photo.saved")
 
-    def remove_photo(self) -> None:
-        store = self.app.session.store
-        if store is not None and self.photo_hash:
-            capture.discard_photo(store, self.photo_hash)
-        self._set_photo("")
-        self.changed()
-
-    def _set_photo(self, content_hash: str) -> None:
-        self.photo_hash = content_hash
-        self.thumb_texture = None
-        store = self.app.session.store
-        if content_hash and store is not None:
-            try:
-                small, kind = capture.thumbnail(store.attachments.read(content_hash))
-                self.thumb_texture = CoreImage(io.BytesIO(small), ext=kind).texture
-            except (fieldsync.RecordNotFound, fieldsync.IntegrityError):
-                self.photo_hash = ""
-                self.message = self.t("report.photo.error.missing_in_store")
-            except capture.PhotoError as exc:
-                self.photo_hash = ""
-                self.message = self.t(f"report.photo.error.{exc.code}", detail=exc.detail)
+    def photo_shown(self) -> None:
         self._show_photo_texts()
 
     def _show_photo_texts(self) -> None:

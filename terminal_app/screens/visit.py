@@ -9,13 +9,11 @@ discards it (two taps: one slip of a finger must not lose a long note).
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 from typing import Any
 
 from kivy.clock import Clock
-from kivy.core.image import Image as CoreImage
 from kivy.factory import Factory
 from kivy.properties import BooleanProperty, ObjectProperty, StringProperty
 from kivy.utils import platform
@@ -188,27 +186,6 @@ class VisitScreen(PhotoField, FieldScreen):
             Builder.load_file(str(kv))
 
 
-    def remove_photo(self) -> None:
-        store = self.app.session.store
-        if store is not None and self.photo_hash:
-            capture.discard_photo(store, self.photo_hash)
-        self._set_photo("")
-        self.changed()
-
-    def _set_photo(self, content_hash: str) -> None:
-        self.photo_hash = content_hash
-        self.thumb_texture = None
-        store = self.app.session.store
-        if content_hash and store is not None:
-            try:
-                small, kind = capture.thumbnail(store.attachments.read(content_hash))
-                self.thumb_texture = CoreImage(io.BytesIO(small), ext=kind).texture
-            except (fieldsync.RecordNotFound, fieldsync.IntegrityError):
-                self.photo_hash = ""
-                self.message = self.t("report.photo.error.missing_in_store")
-            except capture.PhotoError as exc:
-                self.photo_hash = ""
-                self.message = self.t(f"report.photo.error.{exc.code}", detail=exc.detail)
 
     # -- drafts --------------------------------------------------------------------
     def _save_draft(self, dt: float = 0) -> None:
