@@ -29,7 +29,6 @@ import io
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from fieldsync.transport import RequestsTransport
 from server_stub.district import District
 from server_stub.replica import Actor
 
+from .procs import free_port, proc_cpu
 from .store import machine
 
 MB = 1_000_000
@@ -183,12 +183,6 @@ def normalisation(where: Path, runs: int) -> dict[str, Any]:
 
 # -- a district on loopback ------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Loopback:
     district: District
@@ -208,7 +202,7 @@ class Loopback:
         district.assign("w1", "g1")
         district.assign("w2", "g1")
         district.write_many(Actor("admin", "command"), "grids", [{"id": "g1", "name": "花园山1网格"}])
-        port = _free_port()
+        port = free_port()
         with open(folder / "uvicorn.log", "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "server_stub.asgi:app", "--host", "127.0.0.1",
                                      "--port", str(port), "--log-level", "warning"], env=env,
@@ -239,13 +233,6 @@ class Loopback:
         self.proc.terminate()
         self.proc.wait(10)
         self.district.close()
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used, from /proc (Linux)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _report(store: Store, data: bytes, n: int) -> str:
@@ -375,6 +362,46 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run(quick: bool = False, runs: int = 3, where_dir: Path | None = None) -> dict[str, Any]:
+    """Both measurements as plain data, with the suite's ``table`` rows."""
+    runs = 1 if quick else runs
+    with tempfile.TemporaryDirectory(prefix="fieldsync-photos-", dir=where_dir) as tmp:
+        where = Path(tmp)
+        result: dict[str, Any] = {
+            "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": "python -m bench.photos" + (" --quick" if quick else f" --runs {runs}"),
+            "machine": machine(where),
+            "pillow": PIL.__version__,
+            "load": [os.getloadavg()[0]],
+            "normalise": normalisation(where, runs),
+            "transfer": transfers(where, runs, 5 if quick else 20, 10 if quick else 30),
+        }
+        result["load"].append(os.getloadavg()[0])
+    result["table"] = table(result)
+    return result
+
+
+def table(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows for the suite (``python -m bench``): metric, value, unit, baseline, ratio, goal, met."""
+    n, t = result["normalise"], result["transfer"]
+    default = next(r for r in n["settings"] if r["default"])
+    rows: list[dict[str, Any]] = [
+        {"metric": "phone photo after normalise() (default settings)", "value": round(default["bytes"] / 1000),
+         "unit": "KB", "baseline": f"{n['input_bytes'] / MB:.2f} MB as taken", "ratio": default["ratio"],
+         "goal": None, "met": None},
+        {"metric": "normalise a 6000x8000 JPEG, peak RSS growth", "value": n["big"]["draft_rss_mb"], "unit": "MB",
+         "baseline": f"{n['big']['full_rss_mb']:.0f} MB decoding at full size", "ratio": None,
+         "goal": "< 150 MB (tests/test_photos.py)", "met": n["big"]["draft_rss_mb"] < 150},
+    ]
+    for key, label in (("photos", "upload, photos of ~400 KB"), ("big_file", "upload, one big file"),
+                       ("download", "download on demand, the big file")):
+        r = t[key]
+        rows.append({"metric": label, "value": round(r["mb_s"], 2), "unit": "MB/s",
+                     "baseline": f"range {r['mb_s_min']:.1f}-{r['mb_s_max']:.1f} over {r['runs']} run(s)",
+                     "ratio": None, "goal": None, "met": None})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="5 photos, a 10 MB file, one run")
@@ -383,19 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--md", type=Path, default=None, help="write the '## Photos' section here")
     args = parser.parse_args(argv)
-    runs = 1 if args.quick else args.runs
-    with tempfile.TemporaryDirectory(prefix="fieldsync-photos-", dir=args.dir) as tmp:
-        where = Path(tmp)
-        result = {
-            "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python -m bench.photos" + (" --quick" if args.quick else f" --runs {runs}"),
-            "machine": machine(where),
-            "pillow": PIL.__version__,
-            "load": [os.getloadavg()[0]],
-            "normalise": normalisation(where, runs),
-            "transfer": transfers(where, runs, 5 if args.quick else 20, 10 if args.quick else 30),
-        }
-        result["load"].append(os.getloadavg()[0])
+    result = run(args.quick, args.runs, args.dir)
     text = markdown(result)
     print(text)
     if args.json:

@@ -53,7 +53,6 @@ import pstats
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -77,16 +76,16 @@ from server_stub import demo_data
 from server_stub.district import District
 from server_stub.replica import Actor
 
+from .procs import free_port, machine_cpu, proc_cpu
 from .store import machine as _store_machine
 
-__all__ = ["run", "main", "report"]
+__all__ = ["run", "main", "report", "table"]
 
 REPO = Path(__file__).resolve().parent.parent
 PIN = "246810"
 BENCH_KDF = KdfParams(n=2**14)
 SERVER_START_TIMEOUT_S = 30.0
 PG_BIN = "/usr/lib/postgresql/15/bin"
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 GOAL_PULL = 20_000.0  # records/s
 GOAL_PUSH = 10_000.0  # records/s
@@ -151,37 +150,11 @@ def _count(data: Records) -> int:
 
 
 # -- processes and counters -----------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by process ``pid`` (0.0 if it is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text[text.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_cpu() -> tuple[float, float, float]:
-    """(busy, idle, iowait) CPU seconds of the whole machine so far, all cores (``/proc/stat``)."""
-    try:
-        first = Path("/proc/stat").read_text().splitlines()[0].split()
-    except OSError:
-        return 0.0, 0.0, 0.0
-    v = [int(x) for x in first[1:9]]  # user nice system idle iowait irq softirq steal
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / CLK_TCK, v[3] / CLK_TCK, v[4] / CLK_TCK
-
-
 class Server:
     """``python -m uvicorn server_stub.asgi:app`` on 127.0.0.1 serving ``db_url``."""
 
     def __init__(self, db_url: str, log: Path, app: str = "server_stub.asgi:app") -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         env = {**os.environ, "FIELDSYNC_DB": db_url}
@@ -452,7 +425,7 @@ class OwnCluster:
             shutil.chown(self.dir, "postgres")
             self.run_as = ["runuser", "-u", "postgres", "--"]
         data = self.dir / "data"
-        port = _free_port()
+        port = free_port()
         try:
             self._run("initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
             self._run("pg_ctl", "-D", str(data), "-l", str(self.dir / "server.log"), "-w", "-o",
@@ -898,7 +871,7 @@ def run(quick: bool = False, backends: Sequence[str] = ("sqlite", "postgresql"),
         env["source"]["changed_during_run"] = True
     if pg_info:
         env["postgresql"] = pg_info.get("server_version")
-    return {
+    result = {
         "benchmark": "fieldsync.sync",
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m bench.sync" + (" --quick" if quick else "")
@@ -928,6 +901,37 @@ def run(quick: bool = False, backends: Sequence[str] = ("sqlite", "postgresql"),
             "source": "figures quoted in the brief for the same kind of machine; not measured here",
         },
     }
+    result["table"] = table(result)
+    return result
+
+
+def table(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows for the suite (``python -m bench``): metric, value, unit, baseline, ratio, goal, met."""
+    rows: list[dict[str, Any]] = []
+    for backend, r in result["results"].items():
+        g, small, big = r["goals"], r["noop"]["small"], r["noop"]["big"]
+        pull, push = g["initial_pull_at_least_20000_per_s"], g["push_at_least_10000_per_s"]
+        rows += [
+            {"metric": f"{backend}: initial pull of one grid", "value": pull["value"], "unit": "records/s",
+             "baseline": None, "ratio": None, "goal": f">= {GOAL_PULL:,.0f}/s", "met": pull["met"]},
+            {"metric": f"{backend}: push of {OFFLINE_CHANGES:,} offline changes", "value": push["value"],
+             "unit": "records/s", "baseline": None, "ratio": None, "goal": f">= {GOAL_PUSH:,.0f}/s", "met": push["met"]},
+            {"metric": f"{backend}: pull of {r['pull_big']['records']:,} records", "value": r["pull_big"]["records_per_s"],
+             "unit": "records/s", "baseline": None, "ratio": None, "goal": None, "met": None},
+            {"metric": f"{backend}: no-op sync, {big['records_in_store']:,}-record store", "value": big["median_ms"],
+             "unit": "ms", "baseline": f"{small['median_ms']} ms ({small['records_in_store']:,} records)",
+             "ratio": r["noop"]["ratio_big_small"], "goal": f"ratio <= {GOAL_NOOP_SCALE}",
+             "met": g["noop_100k_within_1.3x_of_1k"]["met"]},
+            {"metric": f"{backend}: no-op sync requests", "value": g["noop_one_round_trip"]["value"], "unit": "requests",
+             "baseline": None, "ratio": None, "goal": f"<= {GOAL_NOOP_REQUESTS}", "met": g["noop_one_round_trip"]["met"]},
+            {"metric": f"{backend}: no-op sync bytes (bodies)", "value": g["noop_under_2KB_bodies"]["value"],
+             "unit": "bytes", "baseline": None, "ratio": None, "goal": f"< {GOAL_NOOP_BYTES}",
+             "met": g["noop_under_2KB_bodies"]["met"]},
+            {"metric": f"{backend}: no-op sync bytes with HTTP headers",
+             "value": g["noop_under_2KB_with_http_headers"]["value"], "unit": "bytes", "baseline": None,
+             "ratio": None, "goal": f"< {GOAL_NOOP_BYTES}", "met": g["noop_under_2KB_with_http_headers"]["met"]},
+        ]
+    return rows
 
 
 def _source() -> dict[str, Any]:

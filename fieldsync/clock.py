@@ -126,9 +126,15 @@ class HybridClock:
         """Advance past a received stamp, so later local stamps order after it.
 
         A stamp that leads local wall time by more than ``max_drift_ms`` raises
-        :class:`ClockDriftError`, or with ``clamp=True`` is treated as if it
-        were exactly ``max_drift_ms`` ahead (the server uses this).  Returns
-        the stamp to keep: ``remote`` itself, or the clamped stamp.
+        :class:`ClockDriftError`, or with ``clamp=True`` is moved back to the
+        bound (the server uses this).  Returns the stamp to keep: ``remote``
+        itself, or the clamped stamp.
+
+        A clamped stamp is this clock's next tick at or after the bound, with
+        ``remote``'s node: clamped stamps strictly increase in the order they
+        are clamped, so one writer's later write never gets an equal or older
+        stamp than its earlier one (the writer's own counter cannot keep that
+        order once the wall part is replaced).
         """
         with self._lock:
             wall = self._wall()
@@ -140,7 +146,11 @@ class HybridClock:
                         f"received clock stamp leads local time by "
                         f"{remote.wall_ms - wall} ms (limit {self.max_drift_ms} ms)"
                     )
-                kept = Stamp(limit, remote.counter, remote.node)
+                if self._wall_ms >= limit:
+                    self._bump()
+                else:
+                    self._wall_ms, self._counter = limit, 0
+                return Stamp(self._wall_ms, self._counter, remote.node)
             if wall > self._wall_ms and wall > kept.wall_ms:
                 self._wall_ms, self._counter = wall, 0
             elif kept.wall_ms > self._wall_ms:

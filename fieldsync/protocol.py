@@ -176,7 +176,7 @@ def _check_writes(state: Any, where: str) -> dict[str, list[Any]]:
     if not isinstance(state, dict) or not state:
         raise _fail(f"{where}: fields must be a non-empty object")
     for name, w in state.items():
-        if not name or len(name) > 64 or (name[0] == "_" and name != DELETED) or name == "id":
+        if not name or len(name) > 64 or (name[0] == "_" and name != DELETED) or name == "id" or "\x00" in name:
             raise _fail(f"{where}: bad field name {name!r}")
         if (type(w) is not list or len(w) != 3 or not is_stamp(w[1])
                 or (w[2] is not None and not is_stamp(w[2]))):

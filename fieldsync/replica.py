@@ -170,7 +170,10 @@ class ReplicaMixin:
         if not page.changes and before == now and self.cursors() == page.cursors:
             return PageResult(0, 0, [], [])  # nothing new: no write, no fsync
         with self.atomic():
-            left = sorted(before - now)
+            # Every grid the device holds records of, not only the stored scope: records saved in a
+            # grid before the first complete pull, whose worker lost it meanwhile, must go too.
+            held = self._held_grids()
+            left = sorted((before | held) - now)
             entered = sorted(now - before)
             for grid in left:
                 removed += self._purge_grid(grid)
@@ -180,6 +183,15 @@ class ReplicaMixin:
                                    list(page.cursors.items()))
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('grids', ?)", (json.dumps(sorted(now)),))
         return PageResult(applied, removed, left, entered)
+
+    def _held_grids(self) -> set[str]:
+        """The grids this device holds records of: one index seek per grid (a skip scan over
+        ``records_grid_digest``), not a read of every record."""
+        rows = self._conn.execute(
+            "WITH RECURSIVE g(grid) AS (SELECT min(grid) FROM records UNION ALL "
+            "SELECT (SELECT min(grid) FROM records WHERE grid > g.grid) FROM g WHERE g.grid IS NOT NULL) "
+            "SELECT grid FROM g WHERE grid IS NOT NULL").fetchall()
+        return {g for (g,) in rows}
 
     def _purge_grid(self, grid: str) -> int:
         """Remove a grid that left the scope, keeping records with unsynced changes."""
@@ -308,27 +320,22 @@ class ReplicaMixin:
             self._conn.execute("DELETE FROM search WHERE collection = ? AND id = ? AND field = ?", (collection, rid, gone))
 
     # -- integrity ------------------------------------------------------------------
-    def _digest_rows(self, grid: str) -> list[tuple[str, str, int]]:
-        return [
-            (c, rid, int(d)) for c, rid, d in self._conn.execute(
-                "SELECT collection, id, server_digest FROM records WHERE grid = ? AND server_digest IS NOT NULL",
-                (grid,),
-            ).fetchall()
-        ]
-
     def grid_checksum(self, grid: str) -> int:
         """XOR of the server digests this device holds for ``grid`` (compare with the server's)."""
         out = 0
         with self._lock:
-            for _, _, d in self._digest_rows(grid):
-                out ^= d
+            for (d,) in self._conn.execute(
+                    "SELECT server_digest FROM records WHERE grid = ? AND server_digest IS NOT NULL", (grid,)):
+                out ^= int(d)
         return out
 
     def bucket_digests(self, grid: str) -> list[int]:
         buckets = [0] * N_BUCKETS
         with self._lock:
-            for c, rid, d in self._digest_rows(grid):
-                buckets[bucket_of(c, rid)] ^= d
+            for c, rid, d in self._conn.execute(
+                    "SELECT collection, id, server_digest FROM records WHERE grid = ? AND server_digest IS NOT NULL",
+                    (grid,)):
+                buckets[bucket_of(c, rid)] ^= int(d)
         return buckets
 
     def apply_repair(self, grid: str, buckets: set[int], records: list[PulledRecord]) -> tuple[int, int]:

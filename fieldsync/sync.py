@@ -30,6 +30,7 @@ from .errors import (
     RequestRejected,
     ServerError,
     StoreError,
+    SyncError,
 )
 from .identity import Identity, load_identity, new_key, public_key_b64, save_identity
 from .protocol import (
@@ -331,8 +332,13 @@ class SyncClient:
         return download(self, content_hash, progress)
 
     def _revoked(self, exc: DeviceRevokedError) -> None:
-        """The server revoked this device: after the final push, erase the store if asked."""
+        """The server revoked this device: after the final push and the final photo uploads
+        (allowed during the server's grace period), erase the store if asked."""
         self._set_status(online=True, phase="idle", progress=None, last_error=str(exc))
+        try:
+            upload(self, None)  # what cannot be sent now is lost with the erase
+        except SyncError:  # e.g. the grace period is over: device_revoked again
+            pass
         if exc.wipe:
             self.store.erase()
 

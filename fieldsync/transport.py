@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
+import re
 import threading
 import zlib
 from dataclasses import dataclass, field
@@ -80,6 +82,37 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
+_CONTENT_HASH_PATH = re.compile(r"(/v1/attachments/)[0-9a-f]{64}")
+
+
+class _HideContentHashes(logging.Filter):
+    """urllib3 logs every request line at DEBUG; an attachment's path is its SHA-256, which would
+    let whoever holds the log confirm that this tablet sent a known photo.  Masks it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "/v1/attachments/" in a
+                                                  for a in record.args):
+            record.args = tuple(_CONTENT_HASH_PATH.sub(r"\1<hash>", a) if isinstance(a, str) else a
+                                for a in record.args)
+        elif isinstance(record.msg, str) and "/v1/attachments/" in record.msg:
+            record.msg = _CONTENT_HASH_PATH.sub(r"\1<hash>", record.msg)
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_HideContentHashes())
+
+
+def _tls_reason(exc: Exception) -> str:
+    """The verifier's reason ("certificate verify failed: unable to get local issuer certificate",
+    "Hostname mismatch, ...") from the chain requests/urllib3 wrap it in."""
+    text = str(exc)
+    for marker in ("certificate verify failed:", "Hostname mismatch", "IP address mismatch"):
+        at = text.find(marker)
+        if at >= 0:
+            return text[at:].split("(_ssl.c")[0].rstrip(" ')\"")
+    return type(exc).__name__
+
+
 class RequestsTransport:
     """HTTP(S) to ``base_url``.  ``ca_bundle`` trusts a district's own CA."""
 
@@ -110,8 +143,10 @@ class RequestsTransport:
     def handle(self, request: Request) -> Response:
         url = self.base_url + request.path + (f"?{request.query}" if request.query else "")
         try:
+            # verify per request: requests would otherwise let REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in
+            # the environment replace the district's configured CA bundle.
             r = self.session.request(request.method, url, data=request.body, headers=request.headers,
-                                     timeout=self.timeout, stream=True)
+                                     timeout=self.timeout, stream=True, verify=self.session.verify)
             try:
                 raw = bytearray()
                 for chunk in r.raw.stream(64 * 1024, decode_content=False):
@@ -120,15 +155,25 @@ class RequestsTransport:
                         raise NetworkError(f"the server's answer is larger than {self.max_response_bytes} bytes")
             finally:
                 r.close()
+        except requests.exceptions.SSLError as exc:
+            raise NetworkError(f"the server's TLS certificate was not trusted ({_tls_reason(exc)}); "
+                               "check the server address and the CA bundle") from exc
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise NetworkError(f"could not reach the server: {type(exc).__name__}") from exc
+        except OSError as exc:  # requests: the configured CA bundle cannot be read
+            raise NetworkError(f"could not use the CA bundle {self.session.verify!r}: {exc.strerror or exc}") from exc
         headers = {k.lower(): v for k, v in r.headers.items()}
-        body = bytes(raw)
-        if headers.get("content-encoding", "").lower() == "gzip":
-            body = _gunzip_limited(body, self.max_response_bytes)
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) != len(raw):
             raise NetworkError("the server's answer was cut off")
+        if (length is None and "chunked" not in headers.get("transfer-encoding", "").lower()
+                and r.status_code not in (204, 304) and request.method != "HEAD"):
+            # The server always says how long its answer is; a connection closed inside the
+            # header block leaves neither (http.client ends the headers at the end of the stream).
+            raise NetworkError("the server's answer was cut off (no length)")
+        body = bytes(raw)
+        if headers.get("content-encoding", "").lower() == "gzip":
+            body = _gunzip_limited(body, self.max_response_bytes)
         return Response(r.status_code, headers, body, len(raw))
 
     def close(self) -> None:
@@ -149,41 +194,46 @@ class ASGITransport:
             return self._loop.run_until_complete(self._call(request))
 
     async def _call(self, request: Request) -> Response:
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "method": request.method, "scheme": "http", "path": request.path, "raw_path": request.path.encode(),
-            "query_string": request.query.encode(), "root_path": "",
-            "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()]
-            + [(b"content-length", str(len(request.body)).encode()), (b"host", b"in-process")],
-            "client": (self.client_host, 50000), "server": ("in-process", 80),
-        }
-        sent = False
-        status = 500
-        headers: dict[str, str] = {}
-        chunks: list[bytes] = []
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": request.body, "more_body": False}
-            await asyncio.sleep(3600)
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers.update({k.decode().lower(): v.decode() for k, v in message.get("headers", [])})
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
-        await self.app(scope, receive, send)
-        raw = b"".join(chunks)
-        body = raw
-        if headers.get("content-encoding") == "gzip":
-            body = _gunzip_limited(raw, MAX_RESPONSE_BYTES)
-        return Response(status, headers, body, len(raw))
+        return await call_app(self.app, request, self.client_host)
 
     def close(self) -> None:
         self._loop.close()
+
+
+async def call_app(app: Any, request: Request, client_host: str = "127.0.0.1") -> Response:
+    """Run one request through an ASGI ``app`` on the running event loop (no socket)."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+        "method": request.method, "scheme": "http", "path": request.path, "raw_path": request.path.encode(),
+        "query_string": request.query.encode(), "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()]
+        + [(b"content-length", str(len(request.body)).encode()), (b"host", b"in-process")],
+        "client": (client_host, 50000), "server": ("in-process", 80),
+    }
+    sent = False
+    status = 500
+    headers: dict[str, str] = {}
+    chunks: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": request.body, "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers.update({k.decode().lower(): v.decode() for k, v in message.get("headers", [])})
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    raw = b"".join(chunks)
+    body = raw
+    if headers.get("content-encoding") == "gzip":
+        body = _gunzip_limited(raw, MAX_RESPONSE_BYTES)
+    return Response(status, headers, body, len(raw))

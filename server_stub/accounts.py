@@ -112,7 +112,10 @@ def sign_in(db: Database, worker_id: str, password: str) -> Staff | None:
             audit.append(tx, f"console:{worker_id}", "console.sign_in", f"worker:{worker_id}", {})
         else:
             tx.execute("INSERT INTO signin_failures (worker_id, at_ms) VALUES (?, ?)", (worker_id, now))
-            audit.append(tx, "console", "console.sign_in_failed", f"worker:{worker_id[:64]}", {"throttled": throttled})
+            # The typed user name is kept only when it is a real id: a password or a person's name typed
+            # into the wrong box must not end up in the audit log.
+            who = f"worker:{worker_id}" if row is not None else "worker:?"
+            audit.append(tx, "console", "console.sign_in_failed", who, {"throttled": throttled})
     if not good:
         return None
     assert row is not None

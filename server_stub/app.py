@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import zlib
 from typing import Any, Awaitable, Callable
@@ -105,6 +106,9 @@ class _Compress:
             await self.gzip(scope, receive, send)
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
 def _no_constants(name: str) -> Any:
     # NaN and Infinity are not JSON: other clients could not read them back.
     raise ValueError(f"{name} is not allowed in JSON")
@@ -126,6 +130,14 @@ def _decode(raw: bytes, encoding: str | None) -> dict[str, Any]:
         data = json.loads(raw, parse_constant=_no_constants) if raw else {}
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_request", f"the body is not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise ApiError(400, "bad_request", "the body is not valid JSON (nested too deeply)") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        # "\ud800" alone is valid JSON but not Unicode: it could be neither stored nor sent back as UTF-8.
+        try:
+            dumps(data)
+        except UnicodeEncodeError:
+            raise ApiError(400, "bad_request", "the body is not valid JSON (an unpaired surrogate escape)") from None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
     return data
@@ -222,9 +234,14 @@ def create_app(district: District) -> Starlette:
     async def on_http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
         code = {404: "not_found", 405: "method_not_allowed"}.get(status, "bad_request")
-        return _error(ApiError(status, code, f"{request.method} {request.url.path}: {code.replace('_', ' ')}"))
+        answer = _error(ApiError(status, code, f"{request.method} {request.url.path}: {code.replace('_', ' ')}"))
+        answer.headers.update(getattr(exc, "headers", None) or {})  # 405: Allow, as RFC 9110 requires
+        return answer
 
     async def on_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, ClientDisconnect):  # the network cut the request: nobody is there to answer
+            log.info("%s %s cut off by the client", request.method, request.url.path)
+            return Response(status_code=400)
         log.error("unexpected error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
         return _answer({"error": {"code": "internal", "message": "the server failed; the request had no effect"}}, 500)
 

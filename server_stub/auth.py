@@ -11,6 +11,7 @@ timestamp, replayed nonce, revoked device.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ CODE_TTL_S = 15 * 60
 FINAL_PUSH_GRACE_MS = 7 * 24 * 3600 * 1000
 ENROLL_ATTEMPTS = 10  # per source per window, successful or not
 ENROLL_WINDOW_S = 10 * 60
+_DEVICE_ID_RE = re.compile(r"d[0-9a-f]{16}")
 _CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L: read aloud and typed on a tablet
 
 
@@ -167,14 +169,18 @@ def verify_request(db: Database, method: str, path: str, query: str, body: bytes
 def _check_signed(tx: Tx, method: str, path: str, query: str, body: bytes, timestamp: int, nonce: str,
                   sig_text: str, device_id: str, now: int) -> "Device | ApiError":
     row = tx.one("SELECT worker_id, public_key, node_id, revoked_ms, wipe FROM devices WHERE id = ?", (device_id,))
+    signed_path = path
+    path = path.replace("\x00", "\ufffd")  # as audited: a text column cannot hold NUL (PostgreSQL)
     if row is None:
-        audit.append(tx, f"device:{device_id[:20]}", "auth.device_unknown", path, {})
+        # The header is the caller's text: only something shaped like a device id goes in the log.
+        shown = device_id if _DEVICE_ID_RE.fullmatch(device_id) else "?"
+        audit.append(tx, f"device:{shown}", "auth.device_unknown", path[:120], {})
         return ApiError(401, "device_unknown", "this device is not enrolled here")
     worker_id, public_key, node_id, revoked_ms, wipe = row
     try:
         signature = unb64(sig_text, "signature")
         Ed25519PublicKey.from_public_bytes(unb64(public_key, "key")).verify(
-            signature, canonical_request(method, path, query, body, timestamp, nonce, device_id))
+            signature, canonical_request(method, signed_path, query, body, timestamp, nonce, device_id))
     except (InvalidSignature, Exception):  # noqa: BLE001 - every failure is a bad signature
         audit.append(tx, f"device:{device_id}", "auth.signature_invalid", path, {})
         return ApiError(401, "signature_invalid", "the request signature does not verify")

@@ -277,5 +277,58 @@ def user_set_password(db_url: str, user_id: str, password_stdin: bool) -> None:
     click.echo(f"password set for {user_id}")
 
 
+# -- the audit log (server_stub/audit.py) -------------------------------------------------------
+
+@main.group("audit")
+def audit_group() -> None:
+    """The audit log: enrollments, revocations, refusals, exports and admin actions (no personal data)."""
+
+
+@audit_group.command("verify")
+@DB_OPTION
+@click.option("--expect", "recorded", multiple=True, metavar="N:HASH",
+              help="A head printed by an earlier run (repeatable): the chain must still pass through it.")
+@_friendly
+def audit_verify(db_url: str, recorded: tuple[str, ...]) -> None:
+    """Check the audit log's hash chain; exit 1 naming the first broken entry."""
+    from . import audit
+
+    district = District(db_url)
+    try:
+        verdict = audit.verify(district.db)
+        for head in recorded if verdict.ok else ():
+            verdict = audit.check_recorded_head(district.db, head) or verdict
+    finally:
+        district.close()
+    if not verdict.ok:
+        click.echo(f"audit log BROKEN at entry {verdict.broken_at}: {verdict.message}", err=True)
+        sys.exit(1)
+    click.echo(verdict.message)
+
+
+@audit_group.command("show")
+@DB_OPTION
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000),
+              help="How many of the newest entries to print.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
+@_friendly
+def audit_show(db_url: str, limit: int, as_json: bool) -> None:
+    """Print the newest audit entries, oldest first: number, time, actor, action, object, detail."""
+    from . import audit
+
+    district = District(db_url)
+    try:
+        found = audit.recent(district.db, limit)
+    finally:
+        district.close()
+    for e in found:
+        if as_json:
+            click.echo(json.dumps({"n": e.n, "at_ms": e.at_ms, "actor": e.actor, "action": e.action,
+                                   "object": e.object, "detail": json.loads(e.detail)}, ensure_ascii=False))
+        else:
+            at = datetime.fromtimestamp(e.at_ms / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+            click.echo(f"{e.n:>7} {at} {e.actor:<24} {e.action:<28} {e.object} {e.detail}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

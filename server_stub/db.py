@@ -9,6 +9,8 @@ differences (placeholders, row locks, the upsert of a counter) live here.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -119,7 +121,13 @@ class Tx:
 
 
 class Database:
-    """A server database; one connection per thread, created on first use."""
+    """A server database with a small pool of connections.
+
+    A transaction takes a free connection (opening one when none is free) and gives it back
+    when it ends, so the number of connections follows the number of transactions running at
+    once, not the number of threads that ever ran one (Starlette's worker threads come and go).
+    A transaction opened inside another on the same thread shares its connection.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -134,45 +142,126 @@ class Database:
             raise ValueError(f"unsupported database URL {url!r}; use sqlite:///path or postgresql://...")
         self._local = threading.local()
         self._all: list[Any] = []
+        self._free: list[Any] = []
         self._lock = threading.Lock()
+        # SQLite writers queue here (a thread lock, then an flock shared by every process on the file)
+        # instead of in SQLite's busy handler, which polls with sleeps of up to 100 ms: under load
+        # some writers lost that race again and again and waited seconds.
+        self._write_lock = threading.Lock()
+        self._write_fd: int | None = None
 
-    def _connection(self) -> Any:
-        conn = getattr(self._local, "conn", None)
+    def _open(self) -> Any:
+        if self.dialect == "sqlite":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self._path, timeout=60, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=60000")
+            return conn
+        import psycopg
+
+        return psycopg.connect(self.url, autocommit=True)
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        held = getattr(self._local, "conn", None)
+        if held is not None:  # nested: the outer transaction's connection
+            yield held
+            return
+        with self._lock:
+            conn = self._free.pop() if self._free else None
         if conn is None:
-            if self.dialect == "sqlite":
-                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self._path, timeout=60, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.execute("PRAGMA busy_timeout=60000")
-            else:
-                import psycopg
-
-                conn = psycopg.connect(self.url, autocommit=True)
-            self._local.conn = conn
+            conn = self._open()
             with self._lock:
                 self._all.append(conn)
-        return conn
+        self._local.conn = conn
+        try:
+            yield conn
+        finally:
+            self._local.conn = None
+            broken = self.dialect == "postgresql" and (conn.closed or conn.broken)
+            with self._lock:
+                if broken:
+                    self._all.remove(conn)
+                elif conn in self._all:  # not closed by close() meanwhile
+                    self._free.append(conn)
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """A serialisable-enough write transaction: SQLite takes the write lock
         up front (BEGIN IMMEDIATE); PostgreSQL relies on row locks (FOR UPDATE
         on the per-grid counter and the device row)."""
-        conn = self._connection()
-        if self.dialect == "sqlite":
-            cur = conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+        with self._connection() as conn:
+            if self.dialect == "sqlite":
+                cur = conn.cursor()
+                with self._writer(nested=conn.in_transaction):
+                    cur.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield Tx(cur, "sqlite")
+                    except BaseException:
+                        cur.execute("ROLLBACK")
+                        raise
+                    cur.execute("COMMIT")
+            else:
+                with conn.transaction():
+                    with conn.cursor() as cur:
+                        yield Tx(cur, "postgresql")
+
+    @contextmanager
+    def _writer(self, nested: bool) -> Iterator[None]:
+        """Hold the SQLite write queue: this process's writers one at a time, then other processes'."""
+        if nested:
+            yield
+            return
+        with self._write_lock:
+            if self._write_fd is None:
+                try:
+                    self._write_fd = os.open(self._path + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+                except OSError:
+                    self._write_fd = -1  # a read-only folder: SQLite's busy handler alone
+            fd = self._write_fd
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                yield Tx(cur, "sqlite")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
-        else:
-            with conn.transaction():
-                with conn.cursor() as cur:
-                    yield Tx(cur, "postgresql")
+                yield
+            finally:
+                if fd >= 0:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def read_transaction(self) -> Iterator[Tx]:
+        """A read-only transaction that sees one snapshot of the database from its first read to its end.
+
+        SQLite: a deferred ``BEGIN`` (no write lock: readers never queue behind writers or each
+        other); in WAL mode the snapshot is fixed by the first SELECT.  PostgreSQL: ``BEGIN
+        ISOLATION LEVEL REPEATABLE READ READ ONLY`` in one statement.  Either way a per-grid
+        counter and the rows read after it come from the same committed state.
+        """
+        with self._connection() as conn:
+            if self.dialect == "sqlite":
+                cur = conn.cursor()
+                if conn.in_transaction:  # nested in a write transaction: read its state
+                    yield Tx(cur, "sqlite")
+                    return
+                cur.execute("BEGIN")
+                try:
+                    yield Tx(cur, "sqlite")
+                finally:
+                    cur.execute("COMMIT")
+            else:
+                import psycopg
+
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    with conn.transaction(), conn.cursor() as cur:  # nested: a savepoint
+                        yield Tx(cur, "postgresql")
+                    return
+                conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
+                try:
+                    with conn.transaction(), conn.cursor() as cur:
+                        yield Tx(cur, "postgresql")
+                finally:
+                    if not conn.closed:  # a broken (so closed) connection is dropped by the pool
+                        conn.isolation_level, conn.read_only = None, None
 
     def create_schema(self) -> None:
         with self.transaction() as tx:
@@ -187,6 +276,11 @@ class Database:
                 except Exception:  # noqa: BLE001 - closing is best effort
                     pass
             self._all.clear()
+            self._free.clear()
+        with self._write_lock:
+            if self._write_fd is not None and self._write_fd >= 0:
+                os.close(self._write_fd)
+            self._write_fd = None
         self._local = threading.local()
 
 

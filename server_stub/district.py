@@ -71,20 +71,27 @@ def _bad(message: str) -> ApiError:
     return ApiError(400, "bad_request", message)
 
 
+# Integers the database stores: seqs and cursors are BIGINT, a device's schema_version an INTEGER.
+MAX_SEQ = 2**63 - 1
+MAX_SCHEMA_VERSION = 2**31 - 1
+_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
 def _cursors(body: Mapping[str, Any]) -> dict[str, int]:
     """The request's cursor map (grid id -> server_seq), checked."""
     cursors = body.get("cursors", {})
     if not isinstance(cursors, dict) or not all(
-        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in cursors.items()
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SEQ
+        for k, v in cursors.items()
     ):
-        raise _bad("cursors must map grid ids to integers >= 0")
+        raise _bad(f"cursors must map grid ids to integers from 0 to {MAX_SEQ}")
     return cursors
 
 
 def _schema_version(body: Mapping[str, Any]) -> int:
     v = body.get("schema_version")
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise _bad("schema_version must be an integer")
+    if isinstance(v, bool) or not isinstance(v, int) or v > MAX_SCHEMA_VERSION:
+        raise _bad(f"schema_version must be an integer (at most {MAX_SCHEMA_VERSION})")
     if v < MIN_SCHEMA_VERSION:
         raise ApiError(426, "schema_unsupported", f"schema version {v} is too old; this server needs >= {MIN_SCHEMA_VERSION}")
     return v
@@ -143,8 +150,8 @@ class District:
             raise _bad("code must be the enrollment code text")
         if not isinstance(node, str) or not _NODE_RE.fullmatch(node):
             raise _bad("node_id must be 1-40 letters, digits or -")
-        if not isinstance(name, str):
-            raise _bad("device_name must be text")
+        if not isinstance(name, str) or "\x00" in name:
+            raise _bad("device_name must be text (without NUL characters)")
         if not isinstance(key, str):
             raise _bad("public_key must be base64 text")
         version = _schema_version(body)
@@ -172,6 +179,8 @@ class District:
         except ProtocolError as exc:
             raise _bad(str(exc)) from None
         seqs = [c.seq for c in changes]
+        if seqs and seqs[-1] > MAX_SEQ:
+            raise _bad(f"seq must be at most {MAX_SEQ}")
         if any(b <= a for a, b in zip(seqs, seqs[1:])):
             raise _bad("changes must be in strictly increasing seq order")
         first = seqs[0] if seqs else None
@@ -188,6 +197,10 @@ class District:
                 # order: otherwise two pushes (record X then grid g / grid g then
                 # record X) deadlock on PostgreSQL and one of them fails with a 500.
                 counters.lock(actor.grids or ())
+                # Then every record row the push touches, with one SELECT ... FOR UPDATE in sorted order.
+                counters.prefetch((c.collection, c.id) for c in changes if c.seq > last)
+            old_last = last
+            refused: list[Rejection] = []
             applied = 0
             for change in changes:
                 if change.seq <= last:
@@ -201,20 +214,25 @@ class District:
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (device.id, change.seq, change.collection, change.id, exc.code, exc.message, exc.field, _now_ms()),
                     )
+                    refused.append(Rejection(change.seq, change.collection, change.id, exc.code, exc.message, exc.field))
                     if exc.code == "out_of_scope":
                         audit.append(tx, f"device:{device.id}", "authz.refused_write", f"{change.collection}:{change.id}",
                                      {"grid": change.grid})
                 last = change.seq
             counters.flush()
             tx.execute("UPDATE devices SET last_seq = ? WHERE id = ?", (last, device.id))
-            rejections = [
-                Rejection(int(r[0]), r[1], r[2], r[3], r[4], r[5]).to_wire()
-                for r in tx.all(
-                    "SELECT seq, collection, id, code, message, field FROM rejections "
-                    "WHERE device_id = ? AND seq >= ? AND seq <= ? ORDER BY seq",
-                    (device.id, first, last),
-                )
-            ]
+            if first > old_last:
+                # Nothing in this push was seen before: its rejections are exactly the ones just made.
+                rejections = [r.to_wire() for r in refused]
+            else:  # a retry: repeat the rejections stored for the changes it resends
+                rejections = [
+                    Rejection(int(r[0]), r[1], r[2], r[3], r[4], r[5]).to_wire()
+                    for r in tx.all(
+                        "SELECT seq, collection, id, code, message, field FROM rejections "
+                        "WHERE device_id = ? AND seq >= ? AND seq <= ? ORDER BY seq",
+                        (device.id, first, last),
+                    )
+                ]
         if device.revoked:
             with self.db.transaction() as tx:
                 audit.append(tx, f"device:{device.id}", "device.final_push", f"device:{device.id}", {"applied": applied})
@@ -232,14 +250,15 @@ class District:
         limit = body.get("limit", DEFAULT_PULL_LIMIT)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PULL_LIMIT:
             raise _bad(f"limit must be an integer from 1 to {MAX_PULL_LIMIT}")
+        snapshots = body.get("snapshots", False)
+        if not isinstance(snapshots, bool):
+            raise _bad("snapshots must be true or false")
         # Record the acknowledged cursors (for compaction); a cursor below a compaction mark may restart at 0.
-        cursors, snapshot = compaction.pull_cursors(self.db, device.id, device.worker_id, cursors,
-                                                    body.get("snapshots") is True)
-        with self.db.transaction() as tx:
-            if tx.dialect == "postgresql":
-                # One snapshot for the counter and the rows: under READ COMMITTED a
-                # commit between the two SELECTs sends a checksum the page does not match.
-                tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cursors, snapshot = compaction.pull_cursors(self.db, device.id, device.worker_id, cursors, snapshots)
+        # One snapshot for the counter and the rows (under READ COMMITTED a commit between the two
+        # SELECTs would send a checksum the page does not match); a pull only reads, so on SQLite
+        # it takes no write lock and never queues behind pushes (Database.read_transaction).
+        with self.db.read_transaction() as tx:
             grids = auth.scope_of(tx, device.worker_id)
             rows, out_cursors, checksums, more = page(tx, grids, cursors, limit)
         head = json.dumps({"cursors": out_cursors, "checksums": checksums, "grids": grids, "more": more,
@@ -263,8 +282,8 @@ class District:
 
     def _scoped_grid(self, tx: Tx, device: Device, body: Mapping[str, Any]) -> str:
         grid = body.get("grid")
-        if not isinstance(grid, str):
-            raise _bad("grid must be a grid id")
+        if not isinstance(grid, str) or not _ID_RE.fullmatch(grid):
+            raise _bad("grid must be a grid id (1-64 characters [A-Za-z0-9_.:-])")
         if grid not in auth.scope_of(tx, device.worker_id):
             audit.append(tx, f"device:{device.id}", "authz.refused_read", f"grid:{grid[:64]}", {})
             raise ApiError(403, "out_of_scope", "this grid is not assigned to you")
@@ -324,8 +343,11 @@ class District:
             raise refused
 
     def attachment_status(self, device: Device, body: Mapping[str, Any]) -> dict[str, Any]:
-        """What the server holds of each asked hash: missing, partial or complete."""
-        device.refuse_if_revoked()
+        """What the server holds of each asked hash: missing, partial or complete.
+
+        A revoked device in its final-push grace may still ask and upload (``attachment_put``):
+        the photos of the records it pushes last must reach the server before it erases itself.
+        """
         _schema_version(body)
         hashes = body.get("hashes")
         if not isinstance(hashes, list) or not all(is_content_hash(h) for h in hashes):
@@ -343,7 +365,6 @@ class District:
     def attachment_put(self, device: Device, digest: str, query: str, size_header: str | None,
                        data: bytes) -> dict[str, Any]:
         """Take one chunk of an upload (raw bytes at ``offset``); complete it when the last byte arrives."""
-        device.refuse_if_revoked()
         _check_hash(digest)
         params = _query(query, ("offset",))
         if "offset" not in params:

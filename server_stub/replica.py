@@ -69,6 +69,11 @@ class GridCounters:
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
         self._rows: dict[str, list[int]] = {}  # grid -> [seq, checksum]
+        # Record rows this transaction has locked (None: no such record) and the upserts it
+        # will write at flush(): a push reads its records with one SELECT and writes them with
+        # one executemany, instead of two statements (two round trips on PostgreSQL) per change.
+        self._records: dict[tuple[str, str], tuple[str, str, int] | None] = {}
+        self._pending: dict[tuple[str, str], tuple[Any, ...]] = {}
 
     def _load(self, grid: str) -> list[int]:
         row = self._rows.get(grid)
@@ -100,9 +105,68 @@ class GridCounters:
         row[1] ^= checksum_delta
         return row[0]
 
+    def prefetch(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Lock and read these records (collection, id) now, with one SELECT per 500, in sorted order.
+
+        Called after :meth:`lock` (grid counters first, then record rows, always in the same
+        order), so concurrent writers cannot deadlock.
+        """
+        tx = self.tx
+        wanted = sorted(set(keys) - self._records.keys())
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            if tx.dialect == "postgresql":
+                found = tx.all("SELECT collection, id, grid, body, digest FROM records WHERE (collection, id) IN "
+                               "(SELECT * FROM unnest(%b::text[], %b::text[])) ORDER BY collection, id FOR UPDATE",
+                               ([c for c, _ in part], [r for _, r in part]))
+            else:  # SQLite scans the table for a row-value IN; per collection it searches the primary key
+                found = []
+                for collection in sorted({c for c, _ in part}):
+                    ids = [r for c, r in part if c == collection]
+                    found += tx.all("SELECT collection, id, grid, body, digest FROM records WHERE collection = ? "
+                                    f"AND id IN ({', '.join(['?'] * len(ids))})", [collection, *ids])
+            for key in part:
+                self._records[key] = None
+            for collection, rid, grid, body, digest in found:
+                self._records[(collection, rid)] = (grid, body, int(digest))
+
+    def record(self, collection: str, rid: str) -> tuple[str, str, int] | None:
+        """The record's (grid, body, digest) as this transaction last wrote or read it, locked."""
+        key = (collection, rid)
+        if key not in self._records:
+            tx = self.tx
+            row = tx.one(f"SELECT grid, body, digest FROM records WHERE collection = ? AND id = ?{tx.for_update()}",
+                         key)
+            self._records[key] = (row[0], row[1], int(row[2])) if row is not None else None
+        return self._records[key]
+
+    def stage(self, collection: str, rid: str, grid: str, seq: int, deleted: int, digest: int, body: str) -> None:
+        """A record upsert, written at :meth:`flush` (later reads in this transaction see it)."""
+        self._records[(collection, rid)] = (grid, body, digest)
+        self._pending.pop((collection, rid), None)  # the newest write of a record goes last
+        self._pending[(collection, rid)] = (collection, rid, grid, seq, deleted, digest, body, _now_ms())
+
     def flush(self) -> None:
-        self.tx.executemany("UPDATE grid_state SET seq = ?, checksum = ? WHERE grid = ?",
-                            [(seq, checksum, grid) for grid, (seq, checksum) in self._rows.items()])
+        tx = self.tx
+        if self._pending:
+            upsert = (" ON CONFLICT (collection, id) DO UPDATE SET grid = excluded.grid, "
+                      "server_seq = excluded.server_seq, deleted = excluded.deleted, digest = excluded.digest, "
+                      "body = excluded.body, updated_ms = excluded.updated_ms")
+            columns = "INSERT INTO records (collection, id, grid, server_seq, deleted, digest, body, updated_ms) "
+            rows = list(self._pending.values())
+            if tx.dialect == "postgresql":
+                # One statement, the rows as arrays (each key appears once), sent in binary (%b): the
+                # text form escapes every quote of the JSON bodies with a regular expression in psycopg.
+                tx.execute(columns + "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[], "
+                           "%b::int[], %b::bigint[], %b::text[], %b::bigint[])" + upsert, [list(c) for c in zip(*rows)])
+            else:
+                tx.executemany(columns + "VALUES (?, ?, ?, ?, ?, ?, ?, ?)" + upsert, rows)
+            self._pending.clear()
+        grids = [(seq, checksum, grid) for grid, (seq, checksum) in self._rows.items()]
+        if len(grids) == 1:
+            tx.execute("UPDATE grid_state SET seq = ?, checksum = ? WHERE grid = ?", grids[0])
+        else:
+            tx.executemany("UPDATE grid_state SET seq = ?, checksum = ? WHERE grid = ?", grids)
 
 
 Wire = list  # [value, stamp, base]: a field write as stored and sent
@@ -120,20 +184,22 @@ def _clamped(clock: HybridClock, writes: Mapping[str, Wire]) -> dict[str, Wire]:
     """The writes with stamps from the future clamped to the drift bound; the clock observes them.
 
     Encoded stamps order like the stamps themselves, so the bound is checked
-    on the text; only a stamp beyond it is decoded.
+    on the text; only a stamp beyond it is decoded.  Each distinct stamp
+    beyond the bound gets its own clamped stamp from the server's clock (in
+    stamp order), so the order of one writer's writes survives clamping.
     """
-    limit = clock.wall() + clock.max_drift_ms
-    limit_hex = f"{limit:012x}"
+    limit_hex = f"{clock.wall() + clock.max_drift_ms:012x}"
+    future = sorted({w[1] for w in writes.values() if w[1][:12] > limit_hex})
+    moved = {s: clock.observe(Stamp.decode(s), clamp=True).encode() for s in future}
     out: dict[str, Wire] = {}
     newest = ""
     for name, w in writes.items():
-        stamp = w[1]
-        if stamp[:12] > limit_hex:
-            s = Stamp.decode(stamp)
-            stamp = Stamp(limit, s.counter, s.node).encode()
-            w = [w[0], stamp, w[2]]
-        out[name] = w
-        newest = max(newest, stamp)
+        stamp = moved.get(w[1])
+        if stamp is None:
+            newest = max(newest, w[1])
+            out[name] = w
+        else:
+            out[name] = [w[0], stamp, w[2]]
     if newest:
         clock.observe(Stamp.decode(newest), clamp=True)
     return out
@@ -154,7 +220,6 @@ def apply_writes(
     takes the writes as they are; an existing one is merged with
     :func:`fieldsync.merge.merge_states`.  Returns the conflicts recorded.
     """
-    tx = counters.tx
     try:
         kind = registry.get(collection)
     except UnknownKindError:
@@ -162,8 +227,7 @@ def apply_writes(
     if collection == "conflicts" and actor.role == "worker" and set(writes) - {"status"}:
         other = sorted(set(writes) - {"status"})[0]
         raise Refused("field_not_allowed", "only the status of a conflict can be changed", other)
-    row = tx.one(f"SELECT grid, body, digest FROM records WHERE collection = ? AND id = ?{tx.for_update()}",
-                 (collection, rid))
+    row = counters.record(collection, rid)
     if row is not None and not actor.may_touch(row[0]):
         raise Refused("out_of_scope", "this record belongs to a grid you are not assigned to")
     # Clamp stamps from the future: a tablet with a wrong clock cannot win every conflict.
@@ -192,7 +256,10 @@ def apply_writes(
     if collection == "reports" and "status" in changed and "timeline" not in writes:
         state = _with_timeline_step(state, actor, clock)
         changed = changed | {"timeline"}
-    if changed:
+    # A write that lost a field (an older stamp than the server's) is stored too, with a new
+    # server_seq: its digest does not change, but its writer must pull the winning value back.
+    lost = row is not None and any(state.get(k) != w for k, w in incoming.items())
+    if changed or lost:
         _store(counters, collection, rid, state, old_grid, old_digest, new_grid)
     for conflict in conflicts:
         _record_conflict(counters, clock, collection, rid, new_grid, conflict)
@@ -241,22 +308,15 @@ def _store(counters: GridCounters, collection: str, rid: str, state: Mapping[str
         old_digest = 0
     seq = counters.next(new_grid, old_digest ^ digest)
     deleted = 1 if state.get(DELETED, (False,))[0] else 0
-    tx.execute(
-        "INSERT INTO records (collection, id, grid, server_seq, deleted, digest, body, updated_ms) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (collection, id) DO UPDATE SET grid = excluded.grid, "
-        "server_seq = excluded.server_seq, deleted = excluded.deleted, digest = excluded.digest, "
-        "body = excluded.body, updated_ms = excluded.updated_ms",
-        (collection, rid, new_grid, seq, deleted, digest,
-         json.dumps(state, ensure_ascii=False, separators=(",", ":")), _now_ms()),
-    )
+    counters.stage(collection, rid, new_grid, seq, deleted, digest,
+                   json.dumps(state, ensure_ascii=False, separators=(",", ":")))
     index_record(tx, collection, rid, new_grid, state)  # the attachments it refers to follow the record
 
 
 def _record_conflict(counters: GridCounters, clock: HybridClock, collection: str, rid: str,
                      grid: str, conflict: Conflict) -> None:
-    tx = counters.tx
     cid = "c" + hashlib.sha256("|".join((collection, rid, *conflict.key())).encode()).hexdigest()[:31]
-    if tx.one("SELECT 1 FROM records WHERE collection = 'conflicts' AND id = ?", (cid,)):
+    if counters.record("conflicts", cid) is not None:
         return
     stamp = clock.now()
     values = {
@@ -307,11 +367,18 @@ def page(tx: Tx, grids: Iterable[str], cursors: Mapping[str, int], limit: int) -
     return rows, out_cursors, checksums, more
 
 
+def _q(text: str) -> str:
+    """``json.dumps(text)``, without the call for the usual plain ASCII id."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return json.dumps(text)
+
+
 def encode_rows(rows: Iterable[Row]) -> str:
     """A JSON array of pulled records, splicing each stored body in unchanged."""
     parts = []
     for grid, seq, collection, rid, body in rows:
-        head = f'{{"collection":{json.dumps(collection)},"id":{json.dumps(rid)},"grid":{json.dumps(grid)},"server_seq":{seq}'
+        head = f'{{"collection":{_q(collection)},"id":{_q(rid)},"grid":{_q(grid)},"server_seq":{seq}'
         parts.append(head + (',"left":true}' if body is None else f',"fields":{body}}}'))
     return "[" + ",".join(parts) + "]"
 

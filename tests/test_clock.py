@@ -255,12 +255,24 @@ def test_clamp_treats_far_future_stamp_as_wall_plus_max_drift() -> None:
     server = HybridClock("server", wall=wall, max_drift_ms=60_000)
     far = Stamp(T0 + 10 * 3_600_000, 17, "bad-tablet")
     kept = server.observe(far, clamp=True)
-    assert kept == Stamp(T0 + 60_000, 17, "bad-tablet")
+    assert kept == Stamp(T0 + 60_000, 0, "bad-tablet")
     assert kept < far
     nxt = server.now()
     assert nxt > kept
     assert nxt < far  # the fast tablet did not drag the server ten hours ahead
     assert nxt.wall_ms == T0 + 60_000
+
+
+def test_clamped_stamps_keep_the_order_they_were_clamped_in() -> None:
+    """Two writes of one fast tablet clamped within one millisecond: the writer's own counters
+    (here 5, then 0) cannot order them any more, the clamp order does (chaos seed 6)."""
+    server = HybridClock("server", wall=ManualWall(), max_drift_ms=60_000)
+    first = server.observe(Stamp(T0 + 86_400_000, 5, "fast"), clamp=True)
+    second = server.observe(Stamp(T0 + 86_400_010, 0, "fast"), clamp=True)
+    third = server.observe(Stamp(T0 + 86_400_020, 0, "fast"), clamp=True)
+    assert first < second < third
+    assert {s.node for s in (first, second, third)} == {"fast"}
+    assert first.wall_ms == T0 + 60_000
 
 
 def test_clamp_leaves_stamp_within_drift_unchanged() -> None:

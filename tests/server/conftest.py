@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import requests
-from serverkit import PIN, Device
+from serverkit import PIN, Device, pg_schema
 
 from fieldsync import KdfParams, Registry, Store
 from fieldsync.sync import SyncClient, enroll
@@ -43,22 +42,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 def _pg_schema_url() -> Iterator[str]:
-    import psycopg
-
     base = os.environ.get(PG_ENV)
     if not base:
         pytest.fail(NO_PG, pytrace=False)
-    schema = f"t_{secrets.token_hex(6)}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(base, autocommit=True) as conn:
-            # A connection left open by a test must not hang the whole run.
-            conn.execute("SET lock_timeout = '20s'")
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with pg_schema(base) as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from fieldsync import Store
 from fieldsync.identity import Identity
@@ -176,3 +178,21 @@ def audit_actions(district: District) -> list[tuple[str, str, str]]:
 def household(grid: str, n: int = 0, **extra: Any) -> dict[str, Any]:
     return {"grid_id": grid, "address": f"花园山{n}栋{n % 7 + 1}单元", "head_name": f"张{n}",
             "phone": f"1380013{n:04d}", **extra}
+
+
+@contextmanager
+def pg_schema(base: str, prefix: str = "t") -> Iterator[str]:
+    """A fresh schema in the PostgreSQL database at ``base`` (dropped afterwards): the URL that uses it."""
+    import psycopg
+
+    schema = f"{prefix}_{secrets.token_hex(6)}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            # A connection left open by a test must not hang the whole run.
+            conn.execute("SET lock_timeout = '20s'")
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

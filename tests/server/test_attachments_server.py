@@ -481,14 +481,17 @@ def test_a_record_referring_to_a_photo_not_yet_uploaded_syncs_and_reads_pending(
     assert get(inproc, b.identity, digest).body == data
 
 
-def test_a_revoked_device_is_refused(district, make_device, inproc):
+def test_a_revoked_device_may_only_finish_its_uploads(district, make_device, inproc):
+    """In the final-push grace a revoked device still uploads the photos of what it pushed
+    (protocol §3.4); it may not download anything any more."""
     a = tablet(make_device, "w1")
     digest = sha(b"x")
     a.push("reports", "r1", report("g1", digest))
     district.revoke(a.identity.device_id)
-    for resp in (status(inproc, a.identity, digest), put(inproc, a.identity, digest, 0, b"x", 1),
-                 get(inproc, a.identity, digest)):
-        assert resp.status == 403 and error_of(resp)["code"] == "device_revoked"
+    assert status(inproc, a.identity, digest).status == 200
+    assert put(inproc, a.identity, digest, 0, b"x", 1).status == 200
+    resp = get(inproc, a.identity, digest)
+    assert resp.status == 403 and error_of(resp)["code"] == "device_revoked"
 
 
 # -- limits and malformed requests --------------------------------------------------------
