@@ -101,7 +101,7 @@ def _start(env: bsync.Env, name: str) -> None:
 
 class _FromAddress(HTTPAdapter):
     """Connections from a given loopback address: each device enrolls from its own address, as tablets on
-    a mobile network do (the server allows 10 enrollments per source address per 10 minutes)."""
+    a mobile network do."""
 
     def __init__(self, address: str) -> None:
         self.address = address

@@ -54,7 +54,10 @@ def _answer(content: Any, status: int = 200) -> Response:
 
 
 def _error(exc: ApiError) -> Response:
-    return _answer({"error": {"code": exc.code, "message": exc.message, **exc.extra}}, exc.status)
+    answer = _answer({"error": {"code": exc.code, "message": exc.message, **exc.extra}}, exc.status)
+    if isinstance(exc.extra.get("retry_after"), int):
+        answer.headers["Retry-After"] = str(exc.extra["retry_after"])  # RFC 9110 §10.2.3, for proxies and tools
+    return answer
 
 
 async def _raw_body(request: Request) -> bytes:

@@ -87,7 +87,7 @@ def issue_code(db: Database, worker_id: str, ttl_s: int = CODE_TTL_S, actor: str
 
 def enroll(db: Database, code: str, public_key_b64: str, node_id: str, name: str,
            schema_version: int, source: str) -> tuple[Device, list[str]]:
-    """Bind a new device key to the code's worker.  Rate-limited per ``source``."""
+    """Bind a new device key to the code's worker.  Failed attempts are rate-limited per ``source``."""
     try:
         key = unb64(public_key_b64, "public_key")
         Ed25519PublicKey.from_public_bytes(key)
@@ -126,6 +126,8 @@ def enroll(db: Database, code: str, public_key_b64: str, node_id: str, name: str
             worker_id = str(row[0])
             device_id = "d" + secrets.token_hex(8)
             tx.execute("UPDATE enroll_codes SET used_ms = ? WHERE code_hash = ?", (now, _hash_code(code)))
+            # Only failed attempts count: a training day enrolls dozens of tablets behind one NAT address.
+            tx.execute("DELETE FROM enroll_attempts WHERE source = ? AND at_ms = ?", (source, now))
             tx.execute(
                 "INSERT INTO devices (id, worker_id, public_key, node_id, name, schema_version, enrolled_ms, last_seq) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, 0)",

@@ -4,12 +4,12 @@ servers) plus staff with console passwords and a signed-in HTTP session helper."
 from __future__ import annotations
 
 import importlib.util
-import re
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from consolekit import ConsoleSession
 
 SERVER_TESTS = Path(__file__).resolve().parents[1] / "server"
 sys.path.insert(0, str(SERVER_TESTS))
@@ -28,7 +28,6 @@ live_server = _fixtures.live_server
 live = _fixtures.live
 
 PASSWORDS = {"cc": "zhihui-2019", "dept-cg": "chengguan-2019", "dept-ga": "gongan-2019"}
-CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 @pytest.fixture(autouse=True)
@@ -48,31 +47,6 @@ def staff(district: Any) -> dict[str, str]:
     for user, password in PASSWORDS.items():
         set_password(district.db, user, password)
     return dict(PASSWORDS)
-
-
-def csrf_of(html: str) -> str:
-    found = CSRF_RE.search(html)
-    assert found, "no CSRF token in the page"
-    return found.group(1)
-
-
-class ConsoleSession:
-    """A console user over HTTP (requests against a live server, or Starlette's TestClient)."""
-
-    def __init__(self, client: Any, base: str = "") -> None:
-        self.client = client
-        self.base = base
-
-    def get(self, path: str, **kw: Any) -> Any:
-        return self.client.get(self.base + path, **kw)
-
-    def post(self, path: str, data: dict[str, str], csrf_from: str | None = None, **kw: Any) -> Any:
-        if csrf_from is not None:
-            data = {**data, "csrf": csrf_of(self.get(csrf_from).text)}
-        return self.client.post(self.base + path, data=data, **kw)
-
-    def sign_in(self, user: str, password: str) -> Any:
-        return self.post("/console/login", {"user": user, "password": password}, csrf_from="/console/login")
 
 
 @pytest.fixture

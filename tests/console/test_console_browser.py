@@ -98,6 +98,18 @@ class Console:
         WebDriverWait(self.driver, 15).until(
             lambda d: d.execute_script("return document.readyState") == "complete")
 
+    def image_width(self, css: str) -> int:
+        """The natural width of an image once it has loaded and decoded (0 if it never does)."""
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        img = self.find(css)
+        try:
+            WebDriverWait(self.driver, 10).until(lambda _: img.get_property("complete"))
+        except TimeoutException:
+            pass
+        return int(img.get_property("naturalWidth") or 0)
+
     def text(self, css: str = "body") -> str:
         """The element's text; retried while a page is still being replaced (the node can go stale)."""
         from selenium.common.exceptions import WebDriverException
@@ -229,7 +241,7 @@ def test_a_department_works_its_report_and_cannot_open_another(browser, demo, li
     c.shot("09-department-list")
 
     c.open(f"/reports/{ours}")
-    assert c.find("img.photo").get_property("naturalWidth") == 320, "the photo is served and decodes"
+    assert c.image_width("img.photo") == 320, "the photo is served and decodes"
     c.find("#note").send_keys("已派城管中队前往现场")
     c.go("#start")
     assert "处理中" in c.text("#status")

@@ -8,7 +8,7 @@ import io
 from datetime import datetime
 
 import requests
-from conftest import ConsoleSession
+from consolekit import ConsoleSession
 from photo import jpeg
 
 from fieldsync.transport import RequestsTransport

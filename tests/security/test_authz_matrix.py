@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from authz_matrix import DOC, ROWS, Row, doc_table, markdown_table
-from conftest import PHOTO_A, PHOTO_B, STAFF_PASSWORDS, UPLOAD_A, World, enroll_raw
+from securitykit import PHOTO_A, PHOTO_B, STAFF_PASSWORDS, UPLOAD_A, World, enroll_raw
 
 from fieldsync.clock import Stamp
 from fieldsync.protocol import N_BUCKETS, dumps

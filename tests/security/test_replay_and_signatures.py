@@ -12,7 +12,7 @@ import gzip
 import json
 
 import pytest
-from conftest import PHOTO_A, enroll_raw, sha256
+from securitykit import PHOTO_A, enroll_raw, sha256
 from serverkit import audit_actions, error_of, json_of, now_ms, rows, signed_request
 
 from fieldsync.identity import Identity, new_key, public_key_b64
@@ -205,6 +205,21 @@ def test_an_expired_code_stays_refused_and_the_refusal_names_no_code(district, i
     assert ("source:127.0.0.1", "enroll.refused", "worker:w2") in audit_actions(district)
 
 
+def test_successful_enrollments_behind_one_address_do_not_count(district):
+    """A training day: 25 tablets behind one NAT address enroll with good codes; the address is
+    still allowed its full number of failed attempts afterwards."""
+    office = ASGITransport(create_app(district), client_host="10.0.0.90")
+    try:
+        for _ in range(25):
+            code, _ = district.issue_code("w1")
+            assert json_of(_enroll(office, code))["worker_id"] == "w1"
+        wrong = [_enroll(office, f"GUES-SXXX-{n:04d}") for n in range(auth.ENROLL_ATTEMPTS)]
+        assert {error_of(r)["code"] for r in wrong} == {"enrollment_code_invalid"}
+        assert error_of(_enroll(office, "GUES-SXXX-9999"))["code"] == "too_many_attempts"
+    finally:
+        office.close()
+
+
 def test_guessing_locks_the_source_out_with_retry_after_then_lifts(district):
     attacker = ASGITransport(create_app(district), client_host="10.0.0.77")
     neighbour = ASGITransport(create_app(district), client_host="10.0.0.78")
@@ -215,6 +230,7 @@ def test_guessing_locks_the_source_out_with_retry_after_then_lifts(district):
         err = error_of(locked)
         assert locked.status == 429 and err["code"] == "too_many_attempts"
         assert 0 < err["retry_after"] <= auth.ENROLL_WINDOW_S and f"{err['retry_after']} s" in err["message"]
+        assert locked.headers["retry-after"] == str(err["retry_after"])
         # Locked out even with a good code; another address is not.
         code, _ = district.issue_code("w1")
         assert _enroll(attacker, code).status == 429
