@@ -60,6 +60,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .procs import loadavg
+
 # Only the standard library at module level: each cold-start child imports this module first,
 # and it must not pre-load anything whose import the child measures.
 
@@ -632,13 +634,6 @@ def _other_load(before: tuple[float, float, float] | None, own_before: float) ->
             "cores_stolen_by_the_hypervisor": round(steal / wall, 2)}
 
 
-def _loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
 def run(quick: bool = False, runs: int | None = None, seed: int = 1, where: str | None = None,
         shots: str | None = None) -> dict[str, Any]:
     from bench.store import machine
@@ -648,7 +643,7 @@ def run(quick: bool = False, runs: int | None = None, seed: int = 1, where: str 
     step_rows = 1.0 if quick else 0.5
     if shots:
         Path(shots).mkdir(parents=True, exist_ok=True)
-    load_before = _loadavg()
+    load_before = loadavg()
     ticks_before, own_before = _cpu_ticks(), _own_cpu()
     with tempfile.TemporaryDirectory(prefix="fieldsync-bench-app-", dir=where) as tmp:
         folder = Path(tmp)
@@ -670,7 +665,7 @@ def run(quick: bool = False, runs: int | None = None, seed: int = 1, where: str 
     env_desc["packages"]["kivy"] = metadata.version("kivy")
     env_desc["gl"] = cold["gl"]
     env_desc["window"] = {"size": cold["window"], "density": warm["density"], "sdl_video": "offscreen"}
-    env_desc["loadavg_before"], env_desc["loadavg_after"] = load_before, _loadavg()
+    env_desc["loadavg_before"], env_desc["loadavg_after"] = load_before, loadavg()
     env_desc["cpu_during_run"] = _other_load(ticks_before, own_before)
     search_p99 = warm["search"]["all"]["p99_ms"]
     frame_max = warm["scroll"]["max_ms"]

@@ -49,6 +49,7 @@ from fieldsync.sync import SyncClient, enroll
 from fieldsync.transport import RequestsTransport
 
 from . import sync as bsync
+from .procs import loadavg
 from .store import machine
 
 __all__ = ["run", "main", "report", "pull_memory", "PULL_RSS_GOAL_MB"]
@@ -65,13 +66,6 @@ MIN_SESSIONS = 200
 PULL_RSS_GOAL_MB = 50.0
 NOOP_GOAL_RATIO = bsync.GOAL_NOOP_SCALE
 MB = 1024 * 1024
-
-
-def _loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
 
 
 def _cpu_s(proc: psutil.Process) -> float:
@@ -519,7 +513,7 @@ def run(quick: bool = False, where: str | None = None, seed: int = 1, plots: str
     noop_runs = 15 if quick else 30
     mem_size = max(s for s in sizes if s <= 100_000)
     plots_dir = Path(plots) if plots else REPO / ("bench/results/plots" if quick else "docs/plots")
-    load_before = _loadavg()
+    load_before = loadavg()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fieldsync-bench-growth-", dir=where) as tmp:
         folder = Path(tmp)
@@ -534,7 +528,7 @@ def run(quick: bool = False, where: str | None = None, seed: int = 1, plots: str
             _stop(env)
         devs = devices(folder / "devices", counts, seed, 100 if quick else MIN_SESSIONS)
         env_desc = machine(folder)
-    env_desc["loadavg_before"], env_desc["loadavg_after"] = load_before, _loadavg()
+    env_desc["loadavg_before"], env_desc["loadavg_after"] = load_before, loadavg()
     result: dict[str, Any] = {
         "benchmark": "fieldsync.growth",
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),

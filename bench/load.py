@@ -67,7 +67,7 @@ from server_stub.district import District
 from server_stub.replica import Actor
 
 from .load_client import Answer, Connection
-from .procs import machine_busy
+from .procs import loadavg, machine_busy
 
 __all__ = ["run", "main", "report"]
 
@@ -427,10 +427,6 @@ def _pct(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
 
 
-def _loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 async def _round(devices: list[Device], plan: Plan, round_no: int, server: Server,
                  pg: PgBackends | None) -> dict[str, Any]:
     for dev in devices:
@@ -449,7 +445,7 @@ async def _round(devices: list[Device], plan: Plan, round_no: int, server: Serve
             except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
                 errors.append(f"device {dev.index}: {type(exc).__name__}: {exc}"[:400])
 
-    load = _loadavg()
+    load = loadavg()
     srv0, pg0, me0, busy0 = server.cpu(), (pg.cpu() if pg else {}), _cpu(me), machine_busy()
     t0 = time.perf_counter()
     await asyncio.gather(*(one(d) for d in order))
@@ -480,7 +476,7 @@ async def _round(devices: list[Device], plan: Plan, round_no: int, server: Serve
                                "load_generator": round(1000 * gen_s / max(n, 1), 2)},
         "others_cores": round(max(0.0, (busy1 - busy0) - server_s - pg_s - gen_s) / wall, 2),
         "loadavg_start": load,
-        "loadavg_end": _loadavg(),
+        "loadavg_end": loadavg(),
     }
 
 
@@ -513,29 +509,9 @@ async def _drive(devices: list[Device], plan: Plan, server: Server, pg: PgBacken
 def _spies(server: Server, folder: Path) -> list[Any]:
     """py-spy on every server worker during the measured rounds (``--py-spy``)."""
     exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
-    return [_Spy(exe, p.pid, folder / f"spy-{p.pid}.txt") for p in server.workers()]
+    from .sync import Spy
 
-
-class _Spy:
-    """``py-spy record --gil`` on one process: samples of the thread holding the GIL, i.e. Python CPU."""
-
-    def __init__(self, exe: str, pid: int, out: Path) -> None:
-        self.out = out
-        self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--gil",
-                                      "--output", str(out), "--nonblocking"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.0)  # let it attach before the round starts
-
-    def stop(self) -> dict[str, Any]:
-        from .sync import summarise_stacks
-
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        return summarise_stacks(self.out, top=400)
+    return [Spy(exe, p.pid, folder / f"spy-{p.pid}.txt", rate=250, gil=True, top=400) for p in server.workers()]
 
 
 def _merge_profiles(parts: Sequence[Mapping[str, Any]], top: int = 200) -> dict[str, Any]:
@@ -684,14 +660,14 @@ def run(quick: bool = False, backends: Sequence[str] = ("sqlite", "postgresql"),
                 rounds=rounds or (1 if quick else 2), concurrency=concurrency or (32 if quick else 64),
                 workers=workers or 2, seed=seed)
     results: dict[str, Any] = {}
-    load_before = _loadavg()
+    load_before = loadavg()
     with tempfile.TemporaryDirectory(prefix="fieldsync-bench-load-", dir=where) as tmp:
         for backend in backends:
             sub = Path(tmp) / backend
             sub.mkdir()
             results[backend] = bench_backend(backend, plan, sub, pg_url, spy, server_code)
         env = machine(Path(tmp))
-    env["loadavg_before"], env["loadavg_after"] = load_before, _loadavg()
+    env["loadavg_before"], env["loadavg_after"] = load_before, loadavg()
     errors = sum(r["summary"]["errors"] + r["warmup"]["errors"] for r in results.values())
     table = []  # rows for the suite (bench/suite.py): {metric, value, unit, baseline, ratio, goal, met}
     for backend, r in results.items():

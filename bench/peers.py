@@ -74,7 +74,7 @@ from .peers_common import (
     tree_rss_mb,
     wait_http,
 )
-from .procs import free_port, machine_busy
+from .procs import cpu_model, free_port, git, loadavg, machine_busy
 
 __all__ = ["run", "main", "report", "markdown", "workload"]
 
@@ -437,7 +437,7 @@ def run_system(name: str, folder: Path, data: Mapping[str, Any], data_file: Path
                        else Peer(name, folder, data_file, stack, pg_base, pouch_batch))
         start_s = time.perf_counter() - t0
         meter = Meter(system.proxy, system.pid, system.pg)
-        out: dict[str, Any] = {"start_s": round(start_s, 2), "load_before": _loadavg()}
+        out: dict[str, Any] = {"start_s": round(start_s, 2), "load_before": loadavg()}
         out["local_write"] = system.write(meter)
         out["push"] = system.push(meter)
         out["pull"] = system.pull(meter)
@@ -448,7 +448,7 @@ def run_system(name: str, folder: Path, data: Mapping[str, Any], data_file: Path
         out["incremental_rounds"] = rounds
         out["incremental"] = _rounds(rounds)
         out["server_rss_mb"] = tree_rss_mb(system.pid)
-        out["load_after"] = _loadavg()
+        out["load_after"] = loadavg()
         for phase in ("push", "pull"):
             if out[phase]["records"] != n:
                 raise AssertionError(f"{name} {phase}: {out[phase]['records']} records, expected {n}")
@@ -484,32 +484,18 @@ def _rounds(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 # -- environment -------------------------------------------------------------
-def _loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def machine() -> dict[str, Any]:
-    from .store import _cpu_model, _version
+    from .store import _version
 
     return {
-        "cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+        "cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
         "python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version,
         "packages": {d: _version(d) for d in ("fieldsync", "uvicorn", "h11", "starlette", "requests", "psycopg",
                                               "cryptography")},
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "uncommitted_in_fieldsync_or_server_stub": _git("status", "--porcelain", "fieldsync", "server_stub").splitlines(),
+        "commit": git("rev-parse", "--short", "HEAD").strip(),
+        "uncommitted_in_fieldsync_or_server_stub": git("status", "--porcelain", "fieldsync", "server_stub").splitlines(),
         # Others may edit these folders during a run: the hash names the working tree measured.
-        "uncommitted_diff_sha1": hashlib.sha1(_git("diff", "HEAD", "--", "fieldsync", "server_stub").encode()).hexdigest()[:12],
+        "uncommitted_diff_sha1": hashlib.sha1(git("diff", "HEAD", "--", "fieldsync", "server_stub").strip().encode()).hexdigest()[:12],
     }
 
 
@@ -610,7 +596,7 @@ def run(quick: bool = False, n: int | None = None, repeat: int | None = None, sy
     data = workload(n, seed)
     out: dict[str, Any] = {"benchmark": "peers", "started": started, "quick": quick, "records": n,
                            "changes": CHANGES, "incremental_rounds": incr_rounds, "repeat": repeat, "pouch_batch_size": pouch_batch,
-                           "profiled": bool(profile_dir), "machine": machine(), "load_before": _loadavg(),
+                           "profiled": bool(profile_dir), "machine": machine(), "load_before": loadavg(),
                            "skipped": skipped, "installs": {}}
     with tempfile.TemporaryDirectory(prefix="fieldsync-bench-peers-", dir=where) as tmp:
         folder = Path(tmp)
@@ -642,7 +628,7 @@ def run(quick: bool = False, n: int | None = None, repeat: int | None = None, sy
                     f"incremental {r['incremental']['seconds'] * 1000:,.0f} ms  load {r['load_after']}")
         wall = time.perf_counter() - t0
         out["machine_cores_busy_avg"] = round((machine_busy() - busy0) / wall, 2)
-    out["load_after"] = _loadavg()
+    out["load_after"] = loadavg()
     out["runs"] = runs
     out.update(summarise(runs))
     return out

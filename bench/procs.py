@@ -1,12 +1,17 @@
-"""Processes and CPU time on Linux, for the benchmarks: free ports, a process's CPU seconds, the machine's."""
+"""The machine under the benchmarks (Linux): free ports, CPU seconds of a process and of the machine,
+load average, CPU model, git state."""
 
 from __future__ import annotations
 
 import os
+import platform
 import socket
+import subprocess
 from pathlib import Path
 
-__all__ = ["CLK_TCK", "free_port", "proc_cpu", "machine_cpu", "machine_busy"]
+__all__ = ["CLK_TCK", "free_port", "proc_cpu", "machine_cpu", "machine_busy", "loadavg", "cpu_model", "git"]
+
+REPO = Path(__file__).resolve().parents[1]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -41,3 +46,29 @@ def machine_cpu() -> tuple[float, float, float]:
 def machine_busy() -> float:
     """Busy CPU seconds of the whole machine so far, all cores."""
     return machine_cpu()[0]
+
+
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages (empty where the platform has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git(*args: str) -> str:
+    """``git args...`` in the repository: its output, or "" when git is missing or fails."""
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""

@@ -52,6 +52,8 @@ from fieldsync import KdfParams, Store
 from fieldsync.crypto import OWASP_SCRYPT, derive_kek
 from server_stub import demo_data as datagen
 
+from .procs import cpu_model, loadavg
+
 __all__ = ["run", "main", "machine", "workload", "table"]
 
 Records = dict[str, list[dict[str, Any]]]
@@ -65,16 +67,6 @@ SEARCHABLE = {"households": ("grid_id", "head_name", "phone"), "residents": ("gr
 
 
 # -- environment -----------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _filesystem(path: Path) -> str:
     """The mount type holding ``path`` (tmpfs makes fsync free and the numbers meaningless)."""
     best, kind = "", "unknown"
@@ -118,7 +110,7 @@ def machine(where: Path) -> dict[str, Any]:
     except AttributeError:
         usable = os.cpu_count() or 1
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "cores_usable": usable,
         "platform": platform.platform(),
@@ -338,13 +330,6 @@ def kdf_cost(repeats: int = 3) -> dict[str, Any]:
 
 
 # -- the run ---------------------------------------------------------------
-def _loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
 def run(
     quick: bool = False, where: str | None = None, seed: int = 1, profile: bool = False, repeats: int | None = None
 ) -> dict[str, Any]:
@@ -353,7 +338,7 @@ def run(
     repeats = repeats or (3 if quick else 5)
     data = workload(total, seed)
     checked = datagen.check(data)
-    load_before = _loadavg()
+    load_before = loadavg()
     with tempfile.TemporaryDirectory(prefix="fieldsync-bench-", dir=where) as tmp:
         folder = Path(tmp)
         runs: dict[str, list[dict[str, Any]]] = {"encrypted": [], "plain": [], "plain_indexed": []}
@@ -381,7 +366,7 @@ def run(
             }
         latency = singles_and_search(folder, seed, singles=300, queries=300)
         env = machine(folder)
-    env["loadavg_before"], env["loadavg_after"] = load_before, _loadavg()
+    env["loadavg_before"], env["loadavg_after"] = load_before, loadavg()
 
     def ratio(base: str, key: str = "records_per_s") -> float:
         return round(batch[base][key] / batch["encrypted"][key], 2)

@@ -32,6 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .procs import cpu_model, git, loadavg
+
 __all__ = ["PARTS", "main", "machine", "normalise_rows", "markdown"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,32 +52,11 @@ def _read(path: str) -> str:
         return ""
 
 
-def _cpu_model() -> str:
-    for line in _read("/proc/cpuinfo").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def _ram_gb() -> float | None:
     for line in _read("/proc/meminfo").splitlines():
         if line.startswith("MemTotal:"):
             return round(int(line.split()[1]) / 1024 / 1024, 1)
     return None
-
-
-def _loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def _postgresql(pg_url: str | None) -> str | None:
@@ -103,9 +84,9 @@ def machine(pg_url: str | None = None) -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count() or 1
-    dirty = [line[3:] for line in _git("status", "--porcelain").splitlines() if line.strip()]
+    dirty = [line[3:] for line in git("status", "--porcelain").splitlines() if line.strip()]
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "cores_usable": usable,
         "ram_gb": _ram_gb(),
@@ -113,7 +94,7 @@ def machine(pg_url: str | None = None) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "sqlite": sqlite3.sqlite_version,
         "postgresql": _postgresql(pg_url),
-        "git": {"commit": _git("rev-parse", "HEAD").strip(), "describe": _git("log", "-1", "--format=%h %s").strip(),
+        "git": {"commit": git("rev-parse", "HEAD").strip(), "describe": git("log", "-1", "--format=%h %s").strip(),
                 "uncommitted": dirty},
     }
 
@@ -221,7 +202,7 @@ def run_part(name: str, quick: bool, folder: Path, timeout: float, env: Mapping[
     out, log = folder / f"{name}.json", folder / f"{name}.log"
     args = [sys.executable, "-m", "bench.suite", "--child", name, str(out)] + (["--quick"] if quick else [])
     t0 = time.perf_counter()
-    load = _loadavg()
+    load = loadavg()
     with open(log, "wb") as fh:
         proc = subprocess.Popen(args, cwd=REPO, env=dict(env), stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -234,7 +215,7 @@ def run_part(name: str, quick: bool, folder: Path, timeout: float, env: Mapping[
             code, error = -9, f"timed out after {timeout:.0f} s"
     seconds = round(time.perf_counter() - t0, 1)
     text = log.read_text(errors="replace")
-    part: dict[str, Any] = {"status": "ok", "seconds": seconds, "loadavg_before": load, "loadavg_after": _loadavg()}
+    part: dict[str, Any] = {"status": "ok", "seconds": seconds, "loadavg_before": load, "loadavg_after": loadavg()}
     if error is None and out.exists():
         result = json.loads(out.read_text(encoding="utf-8"))
         part["table"] = normalise_rows(result)
@@ -256,7 +237,7 @@ def run_suite(parts: Sequence[str], quick: bool, out_dir: Path, pg_url: str | No
     env.setdefault("PYTHONUNBUFFERED", "1")
     started = datetime.now(timezone.utc)
     desc = machine(pg_url)
-    desc["loadavg_before"] = _loadavg()
+    desc["loadavg_before"] = loadavg()
     t0 = time.perf_counter()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fieldsync-bench-suite-") as tmp:
@@ -270,7 +251,7 @@ def run_suite(parts: Sequence[str], quick: bool, out_dir: Path, pg_url: str | No
                 print(f"[bench] {name}: {part['status']} in {part['seconds']} s"
                       + (f", goals met {sum(met)}/{len(met)}" if met else "")
                       + (f" - {part['error']}" if part.get("error") else ""), flush=True)
-    desc["loadavg_after"] = _loadavg()
+    desc["loadavg_after"] = loadavg()
     failed = [n for n, p in results.items() if p["status"] != "ok"]
     suite = {
         "command": "python -m bench" + (" --quick" if quick else "")

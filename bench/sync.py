@@ -76,7 +76,7 @@ from server_stub import demo_data
 from server_stub.district import District
 from server_stub.replica import Actor
 
-from .procs import free_port, machine_cpu, proc_cpu
+from .procs import free_port, loadavg, machine_cpu, proc_cpu
 from .store import machine as _store_machine
 
 __all__ = ["run", "main", "report", "table"]
@@ -475,10 +475,11 @@ def pg_schema(base: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
 class Spy:
     """``py-spy record`` on the server process for one phase (raw collapsed stacks)."""
 
-    def __init__(self, exe: str, pid: int, out: Path) -> None:
-        self.out = out
-        self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "500", "--format", "raw",
-                                      "--output", str(out), "--nonblocking"],
+    def __init__(self, exe: str, pid: int, out: Path, rate: int = 500, gil: bool = False, top: int = 25) -> None:
+        """``gil``: sample only the thread holding the GIL, i.e. Python CPU."""
+        self.out, self.top = out, top
+        self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+                                      *(["--gil"] if gil else []), "--output", str(out), "--nonblocking"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # let it attach before the phase starts
 
@@ -489,7 +490,7 @@ class Spy:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        return summarise_stacks(self.out)
+        return summarise_stacks(self.out, top=self.top)
 
 
 def summarise_stacks(path: Path, top: int = 25) -> dict[str, Any]:
@@ -779,13 +780,6 @@ def _pstats(prof: cProfile.Profile, n: int = 30) -> str:
 
 
 # -- the run ---------------------------------------------------------------
-def _loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
 def _goals(res: Mapping[str, Any]) -> dict[str, Any]:
     pull = res["initial_pull"]["median_records_per_s"]
     push = res["push"]["median_records_per_s"]
@@ -826,7 +820,7 @@ def run(quick: bool = False, backends: Sequence[str] = ("sqlite", "postgresql"),
     checked = sum(demo_data.check(d) for d in datasets.values())
     gen_s = time.perf_counter() - t_gen
 
-    load_before = _loadavg()
+    load_before = loadavg()
     results: dict[str, Any] = {}
     pg_info: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fieldsync-bench-sync-", dir=where) as tmp:
@@ -864,7 +858,7 @@ def run(quick: bool = False, backends: Sequence[str] = ("sqlite", "postgresql"),
             res["goals"] = _goals(res)
             results[backend] = res
         env = _store_machine(folder)
-    env["loadavg_before"], env["loadavg_after"] = load_before, _loadavg()
+    env["loadavg_before"], env["loadavg_after"] = load_before, loadavg()
     env["packages"] = {d: _package_version(d) for d in PACKAGES}
     env["source"] = source
     if _source() != source:

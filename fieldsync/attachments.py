@@ -88,7 +88,8 @@ def _hash_file(src: BinaryIO) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable (fsync of the folder itself)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -171,7 +172,7 @@ class AttachmentStore:
             if before_rename is not None:
                 before_rename()
             os.replace(tmp, self.folder / name)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StoreFullError(f"could not save attachment: {exc.strerror or exc}") from exc

@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
+from fieldsync.attachments import fsync_dir
 from fieldsync.merge import DELETED
 
 from .db import Database, Tx
@@ -154,14 +155,6 @@ def _check(digest: str) -> str:
     if not is_content_hash(digest):
         raise ValueError("an attachment is named by 64 lower-case hex digits")
     return digest
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DirectoryStorage(AttachmentStorage):
@@ -295,7 +288,7 @@ class DirectoryStorage(AttachmentStorage):
                 finally:
                     os.close(fd)
                 if held.received == 0:
-                    _fsync_dir(self.partial_dir)
+                    fsync_dir(self.partial_dir)
             received = held.received + len(data)
             if received < size:
                 return AttachmentState(received, size if received else None, False)
@@ -313,9 +306,9 @@ class DirectoryStorage(AttachmentStorage):
         target = self._complete(digest)
         if not target.parent.is_dir():
             target.parent.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(self.complete_dir)
+            fsync_dir(self.complete_dir)
         os.replace(part, target)  # atomic: the complete name only ever holds verified bytes
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         self._discard(digest)
         return AttachmentState(size, size, True)
 
