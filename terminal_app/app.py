@@ -83,7 +83,9 @@ class GridWorkerApp(App):
             log.error("%s", exc)
             self.font_problem = str(exc).splitlines()[0]
             self.lang = "en"
-        Builder.load_file(str(_HERE / "widgets" / "style.kv"))
+        style = str(_HERE / "widgets" / "style.kv")
+        if style not in Builder.files:  # a second app in one process would apply its rules twice
+            Builder.load_file(style)
         root = BoxLayout(orientation="vertical")
         self.syncbar = SyncBar()
         self.manager = ScreenManager(transition=NoTransition())

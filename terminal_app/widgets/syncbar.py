@@ -68,6 +68,8 @@ class SyncBar(BoxLayout):
 
     def show(self, status: SyncStatus) -> None:
         app = App.get_running_app()
+        if app is None:  # a late status from a sync worker whose app has stopped
+            return
         self.main_text, self.detail_text = describe(app, status)
         self.online = status.online
         self.busy = status.phase != "idle"

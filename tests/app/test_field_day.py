@@ -65,6 +65,9 @@ def _play(day: FieldDay, district: District, server: LocalServer, tmp_path: Path
     day.enroll(server.url, code)
     assert app.worker_id == WORKER
     assert len(app.screen.rows) == 300
+    # One status line and one sync button, also when another app ran in this process before
+    # (tests/app/test_auto_lock.py): the style rules must not be applied twice.
+    assert len(app.syncbar.children) == 2
 
     warning = day.lock_and_unlock(PIN)
     assert "9" in warning  # "wrong PIN: 9 attempts left" said plainly
