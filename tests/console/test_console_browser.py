@@ -11,7 +11,7 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from photo import jpeg
@@ -87,13 +87,64 @@ class Console:
     def all(self, css: str) -> list[Any]:
         return self.driver.find_elements(self.By.CSS_SELECTOR, css)
 
+    def texts(self, css: str) -> set[str]:
+        """The texts of every element matched."""
+        return set(self.settled(lambda d: {e.text for e in d.find_elements(self.By.CSS_SELECTOR, css)}))
+
+    def type(self, css: str, text: str) -> None:
+        """Replace the text of an input or textarea."""
+        def typed(d: Any) -> None:
+            field = d.find_element(self.By.CSS_SELECTOR, css)
+            field.clear()
+            field.send_keys(text)
+        self.settled(typed)
+
+    def settled(self, action: Callable[[Any], Any]) -> Any:
+        """Run ``action(driver)``, again while chromedriver reports the node it acted on as gone.
+
+        A node found just as Chromium settles a page can be reported stale, or as one that
+        "does not belong to the document" (a chromedriver inspector error, seen in CI once in
+        ~20 runs); the action finds its nodes afresh on each attempt.  Any other error is raised.
+        """
+        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        def attempt(driver: Any) -> Any:
+            try:
+                return (action(driver),)
+            except StaleElementReferenceException:
+                return None
+            except WebDriverException as e:
+                if "does not belong to the document" in str(e.msg):
+                    return None
+                raise
+
+        return WebDriverWait(self.driver, 10).until(attempt)[0]
+
+    def click(self, css: str) -> None:
+        self.settled(lambda d: d.find_element(self.By.CSS_SELECTOR, css).click())
+
+    def choose(self, css: str, value: str) -> None:
+        """Pick the option with this value in a <select>."""
+        from selenium.webdriver.support.ui import Select
+
+        self.settled(lambda d: Select(d.find_element(self.By.CSS_SELECTOR, css)).select_by_value(value))
+        assert self.settled(lambda d: d.find_element(self.By.CSS_SELECTOR, css).get_property("value")) == value
+
+    def chosen(self, css: str) -> str:
+        """The text of the option selected in a <select>."""
+        from selenium.webdriver.support.ui import Select
+
+        return str(self.settled(
+            lambda d: Select(d.find_element(self.By.CSS_SELECTOR, css)).first_selected_option.text))
+
     def go(self, css: str) -> None:
         """Click something that loads a new page, and wait until the new page is there."""
         from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.ui import WebDriverWait
 
         old = self.find("html")
-        self.find(css).click()
+        self.click(css)
         WebDriverWait(self.driver, 15).until(expected_conditions.staleness_of(old))
         WebDriverWait(self.driver, 15).until(
             lambda d: d.execute_script("return document.readyState") == "complete")
@@ -111,18 +162,12 @@ class Console:
         return int(img.get_property("naturalWidth") or 0)
 
     def text(self, css: str = "body") -> str:
-        """The element's text; retried while a page is still being replaced (the node can go stale)."""
-        from selenium.common.exceptions import WebDriverException
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        return str(WebDriverWait(self.driver, 10, ignored_exceptions=(WebDriverException,)).until(
-            lambda d: d.find_element(self.By.CSS_SELECTOR, css).text or " "))
+        return str(self.settled(lambda d: d.find_element(self.By.CSS_SELECTOR, css).text))
 
     def sign_in(self, user: str, password: str) -> None:
         self.open("/login")
-        self.find("#user").clear()
-        self.find("#user").send_keys(user)
-        self.find("#password").send_keys(password)
+        self.type("#user", user)
+        self.type("#password", password)
         self.go("#sign-in")
 
     def sign_out(self) -> None:
@@ -137,7 +182,8 @@ class Console:
 
     def no_overlap(self, css: str) -> None:
         """The elements matched do not overlap one another (legible, nothing drawn on top)."""
-        boxes = [e.rect for e in self.all(css) if e.is_displayed()]
+        boxes = self.settled(lambda d: [e.rect for e in d.find_elements(self.By.CSS_SELECTOR, css)
+                                        if e.is_displayed()])
         for i, a in enumerate(boxes):
             for b in boxes[i + 1:]:
                 apart = (a["x"] + a["width"] <= b["x"] + 1 or b["x"] + b["width"] <= a["x"] + 1
@@ -153,8 +199,6 @@ def _submitted(district: Any, category: str | None = None, besides: str = "") ->
 
 
 def test_command_centre_dispatches_issues_a_code_and_revokes(browser, demo, live_server, tmp_path):
-    from selenium.webdriver.support.ui import Select
-
     c = Console(browser, live_server)
     c.open("/login")
     assert "网格化管理指挥中心" in c.text() and "登录" in c.text()
@@ -167,10 +211,9 @@ def test_command_centre_dispatches_issues_a_code_and_revokes(browser, demo, live
     assert len(c.all("#reports tbody tr")) == 48
     c.no_overlap("header.top nav a, header.top .who > *")
     c.shot("02-reports")
-    Select(c.find("#f-status")).select_by_value("submitted")
+    c.choose("#f-status", "submitted")
     c.go("#f-apply")
-    statuses = {e.text for e in c.all("#reports .status")}
-    assert statuses == {"已上报"}
+    assert c.texts("#reports .status") == {"已上报"}
 
     rid = _submitted(demo, "占道经营")
     grid = demo.get("reports", rid)["grid_id"]
@@ -178,7 +221,7 @@ def test_command_centre_dispatches_issues_a_code_and_revokes(browser, demo, live
     demo.write(Actor("w-zhang", "worker", frozenset({grid})), "reports", rid, {"attachments": ["ab" * 32]})
     c.open(f"/reports/{rid}")
     assert "照片尚未上传" in c.text("#photo-pending")
-    assert Select(c.find("#department-select")).first_selected_option.text == "城管"
+    assert c.chosen("#department-select") == "城管"
     c.no_overlap(".columns > .card")
     c.shot("03-report")
     c.go("#dispatch")
@@ -188,17 +231,17 @@ def test_command_centre_dispatches_issues_a_code_and_revokes(browser, demo, live
     c.shot("04-dispatched")
 
     c.open("/devices")
-    Select(c.find("#code-worker")).select_by_value("w-lijing")
+    c.choose("#code-worker", "w-lijing")
     c.go("#issue-code")
     code = c.text("#code").strip()
-    assert c.find("#qr svg").size["width"] >= 200
+    assert c.settled(lambda d: d.find_element(c.By.CSS_SELECTOR, "#qr svg").size["width"]) >= 200
     c.shot("05-enroll-code")
     store = Store.create(tmp_path / "tablet.fsdb", "2580", kdf=KdfParams(n=2**10))
     ident = enroll(store, live_server, code, transport=RequestsTransport(live_server))
     c.open("/devices")
     row = f'#devices tr[data-id="{ident.device_id}"]'
     assert "正常" in c.text(row + " .state")
-    c.find(row + ' input[name="wipe"]').click()
+    c.click(row + ' input[name="wipe"]')
     c.go(row + " .revoke")
     assert "已停用并擦除" in c.text(row + " .state")
     assert [d for d in demo.devices() if d["id"] == ident.device_id][0]["wipe"] == 1
@@ -235,17 +278,16 @@ def test_a_department_works_its_report_and_cannot_open_another(browser, demo, li
     c = Console(browser, live_server)
     c.sign_in("dept-1", DEMO_PASSWORDS["dept-1"])
     assert "派给城管的事件" in c.text("h1")
-    departments = {e.text for e in c.all("#reports tbody tr td:nth-child(6)")}
-    assert departments == {"城管"}
+    assert c.texts("#reports tbody tr td:nth-child(6)") == {"城管"}
     assert not c.all("header nav a[href$='/devices']"), "no device menu for a department"
     c.shot("09-department-list")
 
     c.open(f"/reports/{ours}")
     assert c.image_width("img.photo") == 320, "the photo is served and decodes"
-    c.find("#note").send_keys("已派城管中队前往现场")
+    c.type("#note", "已派城管中队前往现场")
     c.go("#start")
     assert "处理中" in c.text("#status")
-    c.find("#note").send_keys("小广告已清除，楼道已恢复整洁")
+    c.type("#note", "小广告已清除，楼道已恢复整洁")
     c.go("#resolve")
     assert "已办结" in c.text("#status") and "小广告已清除" in c.text("#resolution")
     assert "小广告已清除，楼道已恢复整洁" in c.text("#timeline")
@@ -262,6 +304,6 @@ def test_a_department_works_its_report_and_cannot_open_another(browser, demo, li
     c.sign_out()
 
     c.sign_in("dept-3", DEMO_PASSWORDS["dept-3"])
-    assert {e.text for e in c.all("#reports tbody tr td:nth-child(6)")} == {"公安"}
+    assert c.texts("#reports tbody tr td:nth-child(6)") == {"公安"}
     c.open(f"/reports/{ours}")
     assert "没有找到" in c.text("#error")
