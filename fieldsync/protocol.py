@@ -175,12 +175,17 @@ def _check_writes(state: Any, where: str) -> dict[str, list[Any]]:
     """Check a map field -> [value, stamp, base] cheaply (no objects built per field)."""
     if not isinstance(state, dict) or not state:
         raise _fail(f"{where}: fields must be a non-empty object")
+    checked: set[str] = set()  # stamps seen well-formed (the fields of one write share a stamp)
     for name, w in state.items():
         if not name or len(name) > 64 or (name[0] == "_" and name != DELETED) or name == "id" or "\x00" in name:
             raise _fail(f"{where}: bad field name {name!r}")
-        if (type(w) is not list or len(w) != 3 or not is_stamp(w[1])
-                or (w[2] is not None and not is_stamp(w[2]))):
+        if type(w) is not list or len(w) != 3 or type(w[1]) is not str or (w[2] is not None and type(w[2]) is not str):
             raise _fail(f"{where}.{name}: a field write is [value, stamp, base]")
+        for stamp in (w[1], w[2]):
+            if stamp is not None and stamp not in checked:
+                if not is_stamp(stamp):
+                    raise _fail(f"{where}.{name}: a field write is [value, stamp, base]")
+                checked.add(stamp)
     return state
 
 

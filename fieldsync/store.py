@@ -502,11 +502,13 @@ class Store(ReplicaMixin):
             out.append(OutboxEntry(seq, collection, rid, grid, fields))
         return out
 
-    def outbox_changes(self, limit: int = 500) -> builtins.list[dict[str, Any]]:
-        """The oldest pending changes exactly as a push sends them (docs/protocol.md §6.4), in seq order."""
+    def outbox_changes(self, limit: int = 500, after: int = 0) -> builtins.list[dict[str, Any]]:
+        """The oldest pending changes after seq ``after`` exactly as a push sends them
+        (docs/protocol.md §6.4), in seq order."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT seq, collection, id, grid, body FROM outbox ORDER BY seq LIMIT ?", (limit,)
+                "SELECT seq, collection, id, grid, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
             ).fetchall()
         return [{"seq": seq, "collection": collection, "id": rid, "grid": grid,
                  "fields": json.loads(self._keys.open(body, "_outbox", collection, rid))}

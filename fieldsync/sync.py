@@ -124,6 +124,16 @@ def _default_transport(identity: Identity) -> Transport:
     return RequestsTransport(identity.server_url, ca_bundle=identity.ca_bundle)
 
 
+def _encoded(payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """A request's JSON body (gzipped when large) and its content headers."""
+    body = dumps(payload)
+    headers = {"Content-Type": "application/json", "Accept-Encoding": "gzip", H_SCHEMA: str(SCHEMA_VERSION)}
+    if len(body) > _GZIP_OVER:
+        body = gzip.compress(body, compresslevel=5)
+        headers["Content-Encoding"] = "gzip"
+    return body, headers
+
+
 def _decode_json(resp: Response) -> Any:
     try:
         return json.loads(resp.body)
@@ -217,11 +227,11 @@ class SyncClient:
     # -- requests ----------------------------------------------------------------
     def _call(self, path: str, payload: dict[str, Any]) -> Any:
         """POST a signed JSON request with retries; returns the decoded answer."""
-        body = dumps(payload)
-        headers = {"Content-Type": "application/json", "Accept-Encoding": "gzip", H_SCHEMA: str(SCHEMA_VERSION)}
-        if len(body) > _GZIP_OVER:
-            body = gzip.compress(body, compresslevel=5)
-            headers["Content-Encoding"] = "gzip"
+        return self._post(path, _encoded(payload))
+
+    def _post(self, path: str, encoded: tuple[bytes, dict[str, str]]) -> Any:
+        """POST a request body made by :func:`_encoded`; returns the decoded answer."""
+        body, headers = encoded
         resp = self._exchange("POST", path, "", body, headers)
         if resp.status == 200:
             return _decode_json(resp)
@@ -344,25 +354,40 @@ class SyncClient:
 
     def _push(self, progress: Callable[[SyncProgress], None] | None) -> tuple[int, int, DeviceRevokedError | None]:
         pushed = rejected = 0
-        while True:
-            changes = self.store.outbox_changes(limit=self.push_batch)
-            if not changes:
-                return pushed, rejected, None
-            first, last = changes[0]["seq"], changes[-1]["seq"]
-            self._set_status(phase="pushing", pending=self.store.outbox_size())
-            data = self._call("/v1/push", {"schema_version": SCHEMA_VERSION, "changes": changes})
-            answer = parse_push_response(data, last)
-            if answer.acked_seq < first:
-                raise ProtocolError(f"the server acknowledged nothing of seq {first}..{last}")
-            self.store.apply_push_result(answer.acked_seq, answer.rejections)
-            pushed += sum(1 for c in changes if c["seq"] <= answer.acked_seq)
-            rejected += len({r.seq for r in answer.rejections})
-            self._progress(progress, "pushing", pushed)
-            revoked = data.get("revoked") if isinstance(data, dict) else None
-            if isinstance(revoked, dict):
-                if self.store.outbox_size() == 0 or answer.acked_seq < last:
-                    return pushed, rejected, DeviceRevokedError("this device was revoked by the command centre",
-                                                                bool(revoked.get("wipe")))
+        # While the server works on one batch, the next is read, decrypted and encoded here:
+        # the outbox only grows at its end and only an answer removes entries, so the next
+        # batch is the entries after this one's last seq, unless the server acknowledged less.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldsync-push") as pool:
+            batch = self._push_batch(0)
+            while batch is not None:
+                seqs, encoded = batch
+                first, last = seqs[0], seqs[-1]
+                self._set_status(phase="pushing", pending=self.store.outbox_size())
+                upcoming = pool.submit(self._push_batch, last)
+                data = self._post("/v1/push", encoded)
+                answer = parse_push_response(data, last)
+                if answer.acked_seq < first:
+                    raise ProtocolError(f"the server acknowledged nothing of seq {first}..{last}")
+                self.store.apply_push_result(answer.acked_seq, answer.rejections)
+                pushed += sum(1 for seq in seqs if seq <= answer.acked_seq)
+                rejected += len({r.seq for r in answer.rejections})
+                self._progress(progress, "pushing", pushed)
+                revoked = data.get("revoked") if isinstance(data, dict) else None
+                if isinstance(revoked, dict):
+                    if self.store.outbox_size() == 0 or answer.acked_seq < last:
+                        return pushed, rejected, DeviceRevokedError("this device was revoked by the command centre",
+                                                                    bool(revoked.get("wipe")))
+                batch = upcoming.result()
+                if answer.acked_seq < last:
+                    batch = self._push_batch(0)  # the rest of this batch goes again, first
+        return pushed, rejected, None
+
+    def _push_batch(self, after_seq: int) -> tuple[list[int], tuple[bytes, dict[str, str]]] | None:
+        """The next pending changes after ``after_seq`` as a push request body, or None."""
+        changes = self.store.outbox_changes(limit=self.push_batch, after=after_seq)
+        if not changes:
+            return None
+        return [c["seq"] for c in changes], _encoded({"schema_version": SCHEMA_VERSION, "changes": changes})
 
     def _pull(self, progress: Callable[[SyncProgress], None] | None) -> tuple[int, int, int]:
         pulled = removed = repaired = 0

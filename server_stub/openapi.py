@@ -32,7 +32,7 @@ _CURSORS = {"type": "object", "additionalProperties": {"type": "integer", "minim
 _FIELDS = {"type": "object", "minProperties": 1,
            "description": "field name (1-64 characters, no NUL, not id, no leading _ but _deleted) -> [value, stamp, base]",
            "additionalProperties": {"$ref": "#/components/schemas/FieldWrite"}}
-_SIGNED = [{"deviceSignature": [], "deviceId": [], "requestTime": [], "requestNonce": []}]
+_SIGNED: list[dict[str, list[str]]] = [{"deviceSignature": [], "deviceId": [], "requestTime": [], "requestNonce": []}]
 # Request examples name a grid of the demo district (`fieldsync-server init-demo`, worker w-lijing).
 _EXAMPLE_GRID = "wc-hhl-ply-01"
 _EXAMPLE_KEY = "EIWGgfwjEoQju2VZsi077SHjVYmERkiAVqXQPVi3C2Y="
