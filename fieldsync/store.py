@@ -44,6 +44,7 @@ from .errors import (
 )
 from .merge import DELETED, FieldWrite
 from .migrations import STORE_FORMAT, store_migrations
+from .protocol import dumps
 from .replica import ReplicaMixin
 from .schema import Kind, Registry, default_registry, normalise
 from .unlock import PinGuard
@@ -70,10 +71,6 @@ class StoreStatus:
     records: dict[str, int]
     outbox: int
     attachments: int
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def _is_disk_error(exc: sqlite3.Error) -> bool:
@@ -294,7 +291,7 @@ class Store(ReplicaMixin):
         """Keep a JSON value on this device only, encrypted (drafts, UI state); it never syncs."""
         with self.atomic():
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                               ("local:" + name, self._keys.seal(_dumps(value), "_local", name)))
+                               ("local:" + name, self._keys.seal(dumps(value), "_local", name)))
 
     def get_local(self, name: str, default: Any = None) -> Any:
         """A value kept with :meth:`put_local`, or ``default``."""
@@ -502,16 +499,20 @@ class Store(ReplicaMixin):
             out.append(OutboxEntry(seq, collection, rid, grid, fields))
         return out
 
-    def outbox_changes(self, limit: int = 500, after: int = 0) -> builtins.list[dict[str, Any]]:
-        """The oldest pending changes after seq ``after`` exactly as a push sends them
-        (docs/protocol.md §6.4), in seq order."""
+    def outbox_changes(self, limit: int = 500, after: int = 0) -> builtins.list[tuple[int, bytes]]:
+        """The oldest pending changes after seq ``after``, in seq order: each its ``seq`` and its
+        JSON exactly as a push sends it (docs/protocol.md §6.4).
+
+        An outbox entry holds its field writes in the wire encoding, so they are put into the
+        change as they are, not decoded and encoded again.
+        """
         with self._lock:
             rows = self._conn.execute(
                 "SELECT seq, collection, id, grid, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after, limit),
             ).fetchall()
-        return [{"seq": seq, "collection": collection, "id": rid, "grid": grid,
-                 "fields": json.loads(self._keys.open(body, "_outbox", collection, rid))}
+        return [(seq, b'{"seq":%d,"collection":%b,"id":%b,"grid":%b,"fields":%b}' % (
+                    seq, dumps(collection), dumps(rid), dumps(grid), self._keys.open(body, "_outbox", collection, rid)))
                 for seq, collection, rid, grid, body in rows]
 
     def outbox_size(self) -> int:

@@ -124,9 +124,9 @@ def _default_transport(identity: Identity) -> Transport:
     return RequestsTransport(identity.server_url, ca_bundle=identity.ca_bundle)
 
 
-def _encoded(payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+def _encoded(payload: dict[str, Any] | bytes) -> tuple[bytes, dict[str, str]]:
     """A request's JSON body (gzipped when large) and its content headers."""
-    body = dumps(payload)
+    body = payload if isinstance(payload, bytes) else dumps(payload)
     headers = {"Content-Type": "application/json", "Accept-Encoding": "gzip", H_SCHEMA: str(SCHEMA_VERSION)}
     if len(body) > _GZIP_OVER:
         body = gzip.compress(body, compresslevel=5)
@@ -387,7 +387,8 @@ class SyncClient:
         changes = self.store.outbox_changes(limit=self.push_batch, after=after_seq)
         if not changes:
             return None
-        return [c["seq"] for c in changes], _encoded({"schema_version": SCHEMA_VERSION, "changes": changes})
+        body = b'{"schema_version":%d,"changes":[%b]}' % (SCHEMA_VERSION, b",".join(c for _, c in changes))
+        return [seq for seq, _ in changes], _encoded(body)
 
     def _pull(self, progress: Callable[[SyncProgress], None] | None) -> tuple[int, int, int]:
         pulled = removed = repaired = 0

@@ -10,7 +10,6 @@ way a record reaches the disk.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from typing import Any, Mapping
@@ -18,15 +17,12 @@ from typing import Any, Mapping
 from .clock import HybridClock
 from .crypto import Keyring
 from .merge import DELETED
+from .protocol import dumps
 from .schema import Kind, normalise
 
 __all__ = ["WriteBatch"]
 
 Wire = list  # [value, stamp, base]
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 class WriteBatch:
@@ -48,7 +44,7 @@ class WriteBatch:
         collection = kind.name
         deleted = 1 if state.get(DELETED, (False,))[0] else 0
         newest = max(w[1] for w in state.values()) if state else self._clock.last.encode()
-        body = _dumps(state)
+        body = dumps(state)
         self._records.append((collection, rid, grid, deleted, newest, self._keys.seal(body, collection, rid)))
         search = kind.search_fields()
         touched = list(search) if DELETED in writes else [f for f in search if f in writes]
@@ -61,7 +57,7 @@ class WriteBatch:
                     token = self._keys.blind_token(collection, fname, normalise(search[fname], value))
                     self._tokens.append((collection, fname, token, rid))
         if outbox:
-            sealed = self._keys.seal(body if writes is state else _dumps(writes), "_outbox", collection, rid)
+            sealed = self._keys.seal(body if writes is state else dumps(writes), "_outbox", collection, rid)
             self._outbox.append((collection, rid, grid, int(time.time() * 1000), sealed))
 
     def flush(self, conn: sqlite3.Connection) -> None:

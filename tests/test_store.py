@@ -199,6 +199,22 @@ def test_outbox_records_field_writes_in_seq_order(store: Store) -> None:
     assert isinstance(third.fields["members"].stamp, Stamp)
 
 
+def test_outbox_changes_are_the_push_wire_form(store: Store) -> None:
+    hid = store.put("households", household())
+    store.put("households", {"id": hid, "members": 2, "notes": "独居 \"老人\" \\ 家"})
+    store.put("households", household(room="202"))
+    entries = store.outbox()
+    changes = store.outbox_changes()
+    assert [seq for seq, _ in changes] == [e.seq for e in entries]
+    for (_, raw), e in zip(changes, entries):
+        change = json.loads(raw)
+        assert change == {"seq": e.seq, "collection": "households", "id": e.id, "grid": GRID,
+                          "fields": {k: w.to_wire() for k, w in e.fields.items()}}
+        assert raw == fieldsync.protocol.dumps(change), "the one wire encoding, byte for byte"
+    assert json.loads(changes[1][1])["fields"]["notes"][0] == "独居 \"老人\" \\ 家"
+    assert [seq for seq, _ in store.outbox_changes(limit=1, after=entries[0].seq)] == [entries[1].seq]
+
+
 def test_outbox_paging_and_acknowledge(store: Store) -> None:
     for i in range(5):
         store.put("households", household(room=f"{i + 1}01"))
