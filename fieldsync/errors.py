@@ -29,6 +29,8 @@ record ids and fields, never values.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "FieldsyncError",
     "ValidationError",
@@ -139,9 +141,10 @@ class ProtocolError(SyncError):
 class RequestRejected(SyncError):
     """The server refused the request (4xx); ``code`` is the protocol error code."""
 
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
+    def __init__(self, code: str, message: str, status: int = 400, detail: dict[str, Any] | None = None) -> None:
         self.code = code
         self.status = status
+        self.detail = detail or {}  # the error object's other members, as the server sent them
         super().__init__(f"{code}: {message}")
 
 

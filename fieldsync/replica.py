@@ -125,7 +125,40 @@ class ReplicaMixin:
                     "WHERE collection = ? AND id = ?", (collection, rid),
                 )
             cur = self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (acked_seq,))
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('push_confirmed', ?)",
+                               (max(acked_seq, self._push_confirmed()),))
             return cur.rowcount
+
+    def push_confirmed(self) -> int:
+        """The highest seq whose push answer this store recorded (sent as ``confirmed_seq``)."""
+        with self._lock:
+            return self._push_confirmed()
+
+    def _push_confirmed(self) -> int:
+        value = self._meta("push_confirmed")
+        return int(value) if value is not None else 0
+
+    def renumber_outbox(self, after: int) -> int:
+        """Number the pending changes after seq ``after``, in their order, and every later one
+        after them; returns how many moved.
+
+        For a store restored from an older copy, whose seqs the server already used for other
+        changes (``outbox_behind``, docs/protocol.md §6.4): ``after`` is the server's
+        ``last_seq`` for this device.  A change sent before under its old seq is then applied
+        again, which changes nothing (the same writes, the same stamps).
+        """
+        with self.atomic():
+            low = self._conn.execute("SELECT min(seq) FROM outbox").fetchone()[0]
+            moved = 0
+            if low is not None and low <= after:
+                self._conn.execute("UPDATE outbox SET seq = -seq")  # two steps: no seq is ever taken twice
+                moved = self._conn.execute("UPDATE outbox SET seq = ? - seq", (after + 1 - low,)).rowcount
+            top = max(after, self._conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0])
+            if self._conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'outbox'",
+                                  (top,)).rowcount == 0:
+                self._conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (top,))
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('push_confirmed', ?)", (after,))
+            return moved
 
     def stale_buckets(self) -> dict[str, set[int]]:
         """Grid -> repair buckets holding records to fetch back from the server after a rejection.

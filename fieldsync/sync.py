@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -54,6 +55,7 @@ __all__ = ["SyncClient", "SyncStatus", "SyncProgress", "SyncResult", "UploadResu
            "enrollment"]
 
 _GZIP_OVER = 1024
+log = logging.getLogger("fieldsync.sync")
 REVERIFY_MS = 6 * 3600 * 1000  # a grid's full checksum scan runs at least this often
 
 
@@ -235,8 +237,8 @@ class SyncClient:
         resp = self._exchange("POST", path, "", body, headers)
         if resp.status == 200:
             return _decode_json(resp)
-        code, message, _ = _error_of(resp)
-        raise RequestRejected(code, message, resp.status)
+        code, message, detail = _error_of(resp)
+        raise RequestRejected(code, message, resp.status, detail)
 
     def _exchange(self, method: str, path: str, query: str, body: bytes, headers: dict[str, str]) -> Response:
         """Send one signed request (re-signed on every retry); returns the answer when it is
@@ -357,6 +359,7 @@ class SyncClient:
         # While the server works on one batch, the next is read, decrypted and encoded here:
         # the outbox only grows at its end and only an answer removes entries, so the next
         # batch is the entries after this one's last seq, unless the server acknowledged less.
+        renumbered = False
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldsync-push") as pool:
             batch = self._push_batch(0)
             while batch is not None:
@@ -364,7 +367,16 @@ class SyncClient:
                 first, last = seqs[0], seqs[-1]
                 self._set_status(phase="pushing", pending=self.store.outbox_size())
                 upcoming = pool.submit(self._push_batch, last)
-                data = self._post("/v1/push", encoded)
+                try:
+                    data = self._post("/v1/push", encoded)
+                except RequestRejected as exc:
+                    if exc.code != "outbox_behind" or renumbered:
+                        raise
+                    wait([upcoming])  # nothing reads the outbox while it is renumbered
+                    self._renumber_outbox(exc)
+                    renumbered = True
+                    batch = self._push_batch(0)
+                    continue
                 answer = parse_push_response(data, last)
                 if answer.acked_seq < first:
                     raise ProtocolError(f"the server acknowledged nothing of seq {first}..{last}")
@@ -387,8 +399,19 @@ class SyncClient:
         changes = self.store.outbox_changes(limit=self.push_batch, after=after_seq)
         if not changes:
             return None
-        body = b'{"schema_version":%d,"changes":[%b]}' % (SCHEMA_VERSION, b",".join(c for _, c in changes))
+        body = b'{"schema_version":%d,"confirmed_seq":%d,"changes":[%b]}' % (
+            SCHEMA_VERSION, self.store.push_confirmed(), b",".join(c for _, c in changes))
         return [seq for seq, _ in changes], _encoded(body)
+
+    def _renumber_outbox(self, exc: RequestRejected) -> None:
+        """The server says this store's outbox is behind its record of the device (the store was
+        restored from an older copy): number the pending changes after the server's ``last_seq``."""
+        server_last = exc.detail.get("last_seq")
+        if isinstance(server_last, bool) or not isinstance(server_last, int) or server_last < 0:
+            raise ProtocolError("an outbox_behind answer needs the server's last_seq") from exc
+        moved = self.store.renumber_outbox(server_last)
+        log.warning("the outbox was behind the server's record of this device (a store restored from an older "
+                    "copy?): %d pending changes renumbered after seq %d and pushed again", moved, server_last)
 
     def _pull(self, progress: Callable[[SyncProgress], None] | None) -> tuple[int, int, int]:
         pulled = removed = repaired = 0

@@ -30,7 +30,7 @@ from fieldsync.protocol import (
 )
 from fieldsync.schema import SCHEMA_VERSION, Registry, default_registry
 
-from . import audit, auth, compaction
+from . import audit, auth, compaction, pushlog
 from .attachments import (
     STALE_PARTIAL_MS,
     AttachmentStorage,
@@ -183,11 +183,22 @@ class District:
             raise _bad(f"seq must be at most {MAX_SEQ}")
         if any(b <= a for a, b in zip(seqs, seqs[1:])):
             raise _bad("changes must be in strictly increasing seq order")
+        confirmed = body.get("confirmed_seq")
+        if confirmed is not None and (isinstance(confirmed, bool) or not isinstance(confirmed, int)
+                                      or not 0 <= confirmed <= MAX_SEQ):
+            raise _bad(f"confirmed_seq must be an integer from 0 to {MAX_SEQ}")
         first = seqs[0] if seqs else None
         with self.db.transaction() as tx:
             row = tx.one(f"SELECT last_seq FROM devices WHERE id = ?{tx.for_update()}", (device.id,))
             assert row is not None
             last = int(row[0])
+            if confirmed is not None:
+                behind = pushlog.behind(tx, device.id, confirmed, [c for c in changes if c.seq <= last])
+                if behind:
+                    raise ApiError(409, "outbox_behind", f"this device's outbox is behind the server's: {behind}; "
+                                   f"number the pending changes after seq {last} and push them again",
+                                   last_seq=last)
+                pushlog.confirm(tx, device.id, confirmed)
             if first is None:  # an empty push: no batch, so no rejections to repeat
                 first = last + 1
             actor = self._actor(tx, device)
@@ -221,6 +232,8 @@ class District:
                 last = change.seq
             counters.flush()
             tx.execute("UPDATE devices SET last_seq = ? WHERE id = ?", (last, device.id))
+            if confirmed is not None:
+                pushlog.record(tx, device.id, [c for c in changes if c.seq > old_last])
             if first > old_last:
                 # Nothing in this push was seen before: its rejections are exactly the ones just made.
                 rejections = [r.to_wire() for r in refused]

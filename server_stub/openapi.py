@@ -158,7 +158,7 @@ def openapi_document() -> dict[str, Any]:
                                            "schema_version": 1})},
             "/v1/me": {"post": _op("The device's identity and grids", "Empty", "Me", (), body_required=False)},
             "/v1/push": {"post": _op("Send outbox changes (exactly-once by seq)", "PushRequest", "PushResponse",
-                                     (426,), example={"schema_version": 1, "changes": [
+                                     (409, 426), example={"schema_version": 1, "confirmed_seq": 0, "changes": [
                                          {"seq": 1, "collection": "households", "id": "h-example-0001",
                                           "grid": _EXAMPLE_GRID, "fields": {
                                               "grid_id": [_EXAMPLE_GRID, "01a2212f375e-000000-ne563acc58d944b8", None],
@@ -224,6 +224,11 @@ def openapi_document() -> dict[str, Any]:
                                               "grid": _ID, "fields": _FIELDS}},
                 "PushRequest": {"type": "object", "required": ["schema_version", "changes"],
                                 "properties": {"schema_version": schema_version,
+                                               "confirmed_seq": {
+                                                   "type": "integer", "minimum": 0, "maximum": MAX_SEQ,
+                                                   "description": "the highest seq whose push answer the device has "
+                                                                  "recorded; less than it sent before, or a different "
+                                                                  "change under a seq already used: 409 outbox_behind"},
                                                "changes": {"type": "array", "maxItems": MAX_PUSH_CHANGES,
                                                            "items": {"$ref": "#/components/schemas/PushChange"}}}},
                 "Rejection": {"type": "object", "required": ["seq", "collection", "id", "code", "message"],

@@ -514,7 +514,7 @@ def test_scanner_finds_plaintext_as_apps_write_it(tablet: Tablet, tmp_path: Path
 
 OWASP_MIN = {"n": 2**17, "r": 8, "p": 1}
 META_KEYS = {"format", "node_id", "clock", "clock_offset_ms", "kdf", "salt", "wrapped_dek", "failed_pins",
-             "locked_until", "grids"}
+             "locked_until", "grids", "push_confirmed"}
 
 
 def _meta(path: Path) -> dict[str, Any]:
