@@ -36,12 +36,14 @@ SCHEMA = [
         node_id TEXT NOT NULL, name TEXT NOT NULL DEFAULT '', schema_version INTEGER NOT NULL DEFAULT 1,
         enrolled_ms BIGINT NOT NULL, last_seen_ms BIGINT, revoked_ms BIGINT, wipe INTEGER NOT NULL DEFAULT 0,
         last_seq BIGINT NOT NULL DEFAULT 0)""",
-    # A device's pushes (docs/protocol.md §6.4): the highest seq it has confirmed holding the answer
-    # to, and a digest of each change it sent above that, so that a change sent again can be told
-    # from a different change with the same seq (a store restored from an older copy).
+    # A device's pushes (server_stub/pushlog.py, docs/protocol.md §6.4): the highest seq it has
+    # confirmed holding the answer to, and which write each change it sent above that was (one row
+    # per push: a JSON list of [seq, "collection/id@stamp"]), so that a change sent again can be
+    # told from a different change under the same seq (a store restored from an older copy).
     """CREATE TABLE IF NOT EXISTS push_marks (device_id TEXT PRIMARY KEY, confirmed BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS push_log (
-        device_id TEXT NOT NULL, seq BIGINT NOT NULL, digest BIGINT NOT NULL, PRIMARY KEY (device_id, seq))""",
+        device_id TEXT NOT NULL, first_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL, writes TEXT NOT NULL,
+        PRIMARY KEY (device_id, first_seq))""",
     """CREATE TABLE IF NOT EXISTS nonces (
         device_id TEXT NOT NULL, nonce TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (device_id, nonce))""",
     "CREATE INDEX IF NOT EXISTS nonces_age ON nonces (at_ms)",

@@ -7,27 +7,28 @@ numbers new changes from where the copy stopped, so they would be skipped as old
 
 So a device sends ``confirmed_seq`` with each push: the highest seq whose answer it has recorded.
 On a real device it never goes down.  The server keeps the highest one it has seen
-(``push_marks``) and a digest of each change above it (``push_log``).  A push is from an outbox
-that is behind the server's when it confirms less than the device confirmed before, or when a
-change it sends again is not the change the server applied under that seq.  The device then
-numbers its pending changes after the server's ``last_seq`` and pushes them again
-(docs/protocol.md §6.4).
+(``push_marks``) and which write each change above it was (``push_log``, one row per push).  A
+push is from an outbox that is behind the server's when it confirms less than the device
+confirmed before, or when a change it sends again is not the write the server applied under that
+seq.  The device then numbers its pending changes after the server's ``last_seq`` and pushes them
+again (docs/protocol.md §6.4).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
-from fieldsync.protocol import Change, record_digest
+from fieldsync.protocol import Change
 
 from .db import Tx
 
-__all__ = ["behind", "change_digest", "confirm", "record"]
+__all__ = ["behind", "confirm", "record", "write_of"]
 
 
-def change_digest(change: Change) -> int:
-    """Which write a change is: its record and its fields' stamps (a stamp names one write of one node)."""
-    return record_digest(change.collection, change.id, {k: w[1] for k, w in change.fields.items()})
+def write_of(change: Change) -> str:
+    """Which write a change is: its record and its newest stamp (a stamp names one write of one node)."""
+    return f"{change.collection}/{change.id}@{max(w[1] for w in change.fields.values())}"
 
 
 def behind(tx: Tx, device_id: str, confirmed: int, resent: Sequence[Change]) -> str:
@@ -40,25 +41,28 @@ def behind(tx: Tx, device_id: str, confirmed: int, resent: Sequence[Change]) -> 
     if confirmed < mark:
         return f"it confirms answers up to seq {confirmed}, but it confirmed seq {mark} before"
     if resent:
-        stored = {int(seq): int(digest) for seq, digest in tx.all(
-            "SELECT seq, digest FROM push_log WHERE device_id = ? AND seq >= ? AND seq <= ?",
-            (device_id, resent[0].seq, resent[-1].seq))}
+        applied: dict[int, str] = {}
+        for (writes,) in tx.all("SELECT writes FROM push_log WHERE device_id = ? AND last_seq >= ? AND first_seq <= ?",
+                                (device_id, resent[0].seq, resent[-1].seq)):
+            applied.update((int(seq), str(write)) for seq, write in json.loads(writes))
         for change in resent:
-            digest = stored.get(change.seq)
-            if digest is not None and digest != change_digest(change):
+            write = applied.get(change.seq)
+            if write is not None and write != write_of(change):
                 return f"seq {change.seq} is not the change this device pushed under that seq"
     return ""
 
 
 def confirm(tx: Tx, device_id: str, confirmed: int) -> None:
-    """Record that the device holds the answers up to ``confirmed``; forget the digests up to it."""
+    """Record that the device holds the answers up to ``confirmed``; forget the pushes it covers."""
     tx.execute("INSERT INTO push_marks (device_id, confirmed) VALUES (?, ?) ON CONFLICT (device_id) "
                "DO UPDATE SET confirmed = excluded.confirmed WHERE push_marks.confirmed < excluded.confirmed",
                (device_id, confirmed))
-    tx.execute("DELETE FROM push_log WHERE device_id = ? AND seq <= ?", (device_id, confirmed))
+    tx.execute("DELETE FROM push_log WHERE device_id = ? AND last_seq <= ?", (device_id, confirmed))
 
 
 def record(tx: Tx, device_id: str, changes: Sequence[Change]) -> None:
-    """Keep the digest of each change just applied or refused."""
-    tx.executemany("INSERT INTO push_log (device_id, seq, digest) VALUES (?, ?, ?)",
-                   [(device_id, c.seq, change_digest(c)) for c in changes])
+    """Keep which write each change just applied or refused was (one row for the push)."""
+    if changes:
+        tx.execute("INSERT INTO push_log (device_id, first_seq, last_seq, writes) VALUES (?, ?, ?, ?)",
+                   (device_id, changes[0].seq, changes[-1].seq,
+                    json.dumps([[c.seq, write_of(c)] for c in changes], separators=(",", ":"))))

@@ -117,7 +117,7 @@ def test_outbox_behind_changes_nothing_on_the_server_and_names_its_last_seq(dist
     (seq_before,) = rows(district, "SELECT last_seq FROM devices WHERE id = ?", (dev.device_id,))[0]
     state = rows(district, "SELECT collection, id, server_seq, digest FROM records ORDER BY collection, id")
     # The last push confirmed seq 3 (the answer it carried was to seq 4); the server still holds
-    # the digest of seq 4, so a different change under seq 4 is caught as well.
+    # which write seq 4 was, so a different change under seq 4 is caught as well.
     change = {"seq": 4, "collection": "households", "id": "h-other", "grid": "g1",
               "fields": {"grid_id": ["g1", "0190000000aa-000000-n1", None]}}
     for confirmed, why in ((0, "confirmed seq 3 before"), (3, "seq 4 is not the change")):
@@ -139,9 +139,12 @@ def test_push_log_keeps_only_changes_the_device_has_not_confirmed(district, make
         for n in range(5):
             dev.store.put("households", household("g1", 10 * round_ + n))
         dev.sync()
-    logged = rows(district, "SELECT seq FROM push_log WHERE device_id = ? ORDER BY seq", (dev.device_id,))
+    logged = rows(district, "SELECT first_seq, last_seq, writes FROM push_log WHERE device_id = ?", (dev.device_id,))
     (confirmed,) = rows(district, "SELECT confirmed FROM push_marks WHERE device_id = ?", (dev.device_id,))[0]
-    assert confirmed == 15 and [s for (s,) in logged] == [16, 17, 18, 19, 20], "one unconfirmed batch, no more"
+    assert confirmed == 15 and [r[:2] for r in logged] == [(16, 20)], "one unconfirmed push, no more"
+    writes = json.loads(logged[0][2])
+    assert [seq for seq, _ in writes] == [16, 17, 18, 19, 20]
+    assert all(w.startswith("households/") and "@" in w for _, w in writes)
     assert dev.store.push_confirmed() == 20
 
 
