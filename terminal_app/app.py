@@ -248,14 +248,27 @@ class GridWorkerApp(App):
             self.status = replace(self.status, **changes)
         self.syncbar.show(self.status)
 
+    def _running(self) -> bool:
+        """False once this app has stopped: a sync worker's late status or result is then dropped."""
+        return App.get_running_app() is self
+
     @mainthread
     def _sync_status(self, status: SyncStatus) -> None:
-        self.status = status
-        self.syncbar.show(status)
+        if not self._running():
+            return
+        # Phase, progress and errors come from the sync; the counts stay the store's: a record saved
+        # while the sync runs is not in the count the sync took when it started.
+        self.status = replace(status, pending=self.status.pending, rejections=self.status.rejections,
+                              conflicts=self.status.conflicts)
+        if status.phase == "pushing":
+            self._recount()  # the pending count falls as the server acknowledges each batch
+        else:
+            self.syncbar.show(self.status)
 
     @mainthread
     def _sync_done(self, result: SyncResult | None, error: Exception | None) -> None:
-        self._finish_sync(result, error)
+        if self._running():
+            self._finish_sync(result, error)
 
     def _finish_sync(self, result: SyncResult | None, error: Exception | None) -> None:
         self.last_sync_error = error
