@@ -270,6 +270,14 @@ class GridWorkerApp(App):
         if self._running():
             self._finish_sync(result, error)
 
+    def _error_text(self, error: Exception) -> str:
+        """What the sync bar says about a failed sync, in the app's language (the details are logged)."""
+        if isinstance(error, fieldsync.NetworkError):
+            return self.t("sync.error_network")
+        if isinstance(error, fieldsync.ServerError):
+            return self.t("sync.error_server")
+        return str(error)
+
     def _finish_sync(self, result: SyncResult | None, error: Exception | None) -> None:
         self.last_sync_error = error
         if result is not None:
@@ -282,7 +290,7 @@ class GridWorkerApp(App):
                 self.screen.message = self.t("setup.wiped")
                 return
         changes: dict[str, Any] = {
-            "last_error": str(error) if error else None, "phase": "idle", "progress": None,
+            "last_error": self._error_text(error) if error else None, "phase": "idle", "progress": None,
             "online": error is None or not isinstance(error, (fieldsync.NetworkError, fieldsync.ServerError)),
         }
         if result is not None and self.session.store is not None:

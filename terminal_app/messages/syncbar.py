@@ -18,6 +18,8 @@ register({
     "sync.photo_not_uploaded": ("照片尚未上传到服务器", "The photo has not reached the server yet"),
     "sync.photo_unavailable": ("照片暂时无法下载：{message}", "The photo cannot be downloaded now: {message}"),
     "sync.error": ("同步失败：{message}", "Sync failed: {message}"),
+    "sync.error_network": ("无法连接服务器", "the server cannot be reached"),
+    "sync.error_server": ("服务器暂时出错", "the server had a problem"),
     "sync.rejections": ("{n} 条被退回", "{n} rejected"),
     "sync.conflicts": ("{n} 处冲突", "{n} conflicts"),
     "sync.just_now": ("刚刚", "just now"),

@@ -19,7 +19,7 @@ from terminal_app.driver import offscreen
 
 offscreen(quiet=True)  # before Kivy is imported anywhere in this process
 
-from fieldsync import KdfParams, NetworkError, Store  # noqa: E402
+from fieldsync import KdfParams, NetworkError, ServerError, Store  # noqa: E402
 from fieldsync.sync import SyncStatus  # noqa: E402
 from terminal_app.app import GridWorkerApp  # noqa: E402
 from terminal_app.driver import AppDriver  # noqa: E402
@@ -68,6 +68,18 @@ def test_a_sync_status_keeps_the_count_of_records_saved_after_the_sync_began(dri
     app._sync_status(SyncStatus(online=True, phase="pushing", pending=7))
     driver.wait_until(lambda: app.status.phase == "pushing", what="the pushing status")
     assert app.status.pending == app.session.store.outbox_size() == 2 and app.status.online
+
+
+def test_a_failed_sync_is_explained_in_the_apps_language(driver: AppDriver) -> None:
+    app = driver.app
+    app._sync_done(None, NetworkError("could not reach the server: ConnectionError"))
+    driver.wait_until(lambda: app.last_sync_error is not None, what="the sync's end")
+    texts = " ".join(driver.visible_texts())
+    assert "同步失败：无法连接服务器" in texts and "ConnectionError" not in texts
+    assert not app.status.online and app.status.last_error == "无法连接服务器"
+    app._sync_done(None, ServerError("the server failed (503)"))
+    driver.wait_until(lambda: app.status.last_error == "服务器暂时出错", what="the server error")
+    assert "503" not in " ".join(driver.visible_texts())
 
 
 def test_a_sync_that_ends_after_the_app_stopped_is_dropped(driver: AppDriver) -> None:
