@@ -71,6 +71,16 @@ def demo(district: Any, staff: dict[str, str]) -> Any:
     return district
 
 
+def _node_gone(e: Exception) -> bool:
+    """True for chromedriver's two ways of saying a node's page was replaced: a stale element, or
+    (seen twice in full runs, inside selenium's own staleness_of) an inspector error that the node "does
+    not belong to the document"."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    return isinstance(e, StaleElementReferenceException) or (
+        isinstance(e, WebDriverException) and "does not belong to the document" in str(e.msg))
+
+
 class Console:
     def __init__(self, driver: Any, base: str) -> None:
         from selenium.webdriver.common.by import By
@@ -102,20 +112,15 @@ class Console:
     def settled(self, action: Callable[[Any], Any]) -> Any:
         """Run ``action(driver)``, again while chromedriver reports the node it acted on as gone.
 
-        A node found just as Chromium settles a page can be reported stale, or as one that
-        "does not belong to the document" (a chromedriver inspector error, seen in CI once in
-        ~20 runs); the action finds its nodes afresh on each attempt.  Any other error is raised.
+        The action finds its nodes afresh on each attempt.  Any other error is raised.
         """
-        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
         from selenium.webdriver.support.ui import WebDriverWait
 
         def attempt(driver: Any) -> Any:
             try:
                 return (action(driver),)
-            except StaleElementReferenceException:
-                return None
-            except WebDriverException as e:
-                if "does not belong to the document" in str(e.msg):
+            except Exception as e:  # noqa: BLE001 - only a gone node is retried
+                if _node_gone(e):
                     return None
                 raise
 
@@ -140,12 +145,21 @@ class Console:
 
     def go(self, css: str) -> None:
         """Click something that loads a new page, and wait until the new page is there."""
-        from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.ui import WebDriverWait
 
         old = self.find("html")
         self.click(css)
-        WebDriverWait(self.driver, 15).until(expected_conditions.staleness_of(old))
+
+        def replaced(_: Any) -> bool:
+            try:
+                old.is_enabled()
+            except Exception as e:  # noqa: BLE001 - only a gone node means the page was replaced
+                if _node_gone(e):
+                    return True
+                raise
+            return False
+
+        WebDriverWait(self.driver, 15).until(replaced)
         WebDriverWait(self.driver, 15).until(
             lambda d: d.execute_script("return document.readyState") == "complete")
 
