@@ -5,7 +5,7 @@
 * :class:`ServerProcess` runs ``uvicorn server_stub.asgi:app`` as a child process that can be
   killed with SIGKILL in the middle of a request and started again on the same port.
 * :class:`RawServer` answers every request with the same crafted bytes (broken answers).
-* :func:`database` yields a database URL: a SQLite file, or a fresh schema in the PostgreSQL
+* :func:`database` (from serverkit) yields a database URL: a SQLite file, or a fresh schema in the PostgreSQL
   cluster named by ``FIELDSYNC_TEST_PG`` (dropped afterwards).
 """
 
@@ -19,14 +19,12 @@ import sys
 import threading
 import time
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from serverkit import pg_schema
+from serverkit import PG_ENV, database
 
 REPO = Path(__file__).resolve().parents[2]
-PG_ENV = "FIELDSYNC_TEST_PG"
 BACKENDS = ("sqlite", "postgresql")
 
 __all__ = ["ThreadServer", "ServerProcess", "RawServer", "database", "free_port", "BACKENDS", "PG_ENV", "REPO"]
@@ -36,27 +34,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class MissingPostgres(RuntimeError):
-    pass
-
-
-@contextmanager
-def database(backend: str, workdir: Path, name: str = "district") -> Iterator[str]:
-    """A new, empty district database URL on ``backend``; PostgreSQL schemas are dropped after."""
-    if backend == "sqlite":
-        yield f"sqlite:///{workdir / (name + '.db')}"
-        return
-    if backend != "postgresql":
-        raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
-
-    base = os.environ.get(PG_ENV)
-    if not base:
-        raise MissingPostgres(f"{PG_ENV} is not set: run scripts/test (it starts a throwaway PostgreSQL), "
-                              f"or export {PG_ENV}=$(cat /tmp/fieldsync-pg-url)")
-    with pg_schema(base, "chaos") as url:
-        yield url
 
 
 def _wait_hello(url: str, timeout: float, alive: Any = None) -> None:

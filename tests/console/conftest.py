@@ -3,7 +3,6 @@ servers) plus staff with console passwords and a signed-in HTTP session helper."
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -11,31 +10,12 @@ from typing import Any, Iterator
 import pytest
 from consolekit import ConsoleSession
 
-SERVER_TESTS = Path(__file__).resolve().parents[1] / "server"
-sys.path.insert(0, str(SERVER_TESTS))
-_spec = importlib.util.spec_from_file_location("server_test_fixtures", SERVER_TESTS / "conftest.py")
-assert _spec is not None and _spec.loader is not None
-_fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_fixtures)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+from serverkit import share_server_fixtures  # noqa: E402
 
-backend = _fixtures.backend
-db_url = _fixtures.db_url
-district = _fixtures.district
-inproc = _fixtures.inproc
-make_device = _fixtures.make_device
-server_factory = _fixtures.server_factory
-live_server = _fixtures.live_server
-live = _fixtures.live
+share_server_fixtures(globals(), "server_test_fixtures")
 
 PASSWORDS = {"cc": "zhihui-2019", "dept-cg": "chengguan-2019", "dept-ga": "gongan-2019"}
-
-
-@pytest.fixture(autouse=True)
-def attachments_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Server processes and the test's District keep attachments in the same temporary folder."""
-    folder = tmp_path / "server-attachments"
-    monkeypatch.setenv("FIELDSYNC_ATTACHMENTS", str(folder))
-    return folder
 
 
 @pytest.fixture

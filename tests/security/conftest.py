@@ -3,7 +3,6 @@ servers), plus a two-grid :class:`World` with a device or a console user in ever
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -11,30 +10,11 @@ from typing import Any, Iterator
 import pytest
 from securitykit import build_world
 
-SERVER_TESTS = Path(__file__).resolve().parents[1] / "server"
-sys.path.insert(0, str(SERVER_TESTS))
-_spec = importlib.util.spec_from_file_location("server_test_fixtures_security", SERVER_TESTS / "conftest.py")
-assert _spec is not None and _spec.loader is not None
-_fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_fixtures)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+from serverkit import database, share_server_fixtures  # noqa: E402
 
-backend = _fixtures.backend
-db_url = _fixtures.db_url
-district = _fixtures.district
-inproc = _fixtures.inproc
-make_device = _fixtures.make_device
-server_factory = _fixtures.server_factory
-live_server = _fixtures.live_server
-live = _fixtures.live
+_fixtures = share_server_fixtures(globals(), "server_test_fixtures_security")
 setup_district = _fixtures.setup_district
-
-
-@pytest.fixture(autouse=True)
-def attachments_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Server processes and the test's District keep attachments in the same temporary folder."""
-    folder = tmp_path / "server-attachments"
-    monkeypatch.setenv("FIELDSYNC_ATTACHMENTS", str(folder))
-    return folder
 
 
 @pytest.fixture(scope="module", params=[
@@ -53,15 +33,12 @@ def world(world_backend: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     from server_stub.district import District
 
     folder = tmp_path_factory.mktemp("world")
-    urls = iter([f"sqlite:///{folder / 'district.db'}"]) if world_backend == "sqlite" else _fixtures._pg_schema_url()
-    url = next(urls)
-    d = District(url, attachments=folder / "attachments")
-    transport = ASGITransport(create_app(d))
-    try:
-        setup_district(d)
-        yield build_world(d, transport)
-    finally:
-        transport.close()
-        d.close()
-        for _ in urls:  # drops the PostgreSQL schema
-            pass
+    with database(world_backend, folder) as url:
+        d = District(url, attachments=folder / "attachments")
+        transport = ASGITransport(create_app(d))
+        try:
+            setup_district(d)
+            yield build_world(d, transport)
+        finally:
+            transport.close()
+            d.close()

@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import requests
 import requests.auth
-from serverkit import pg_schema
+from serverkit import database
 
 from fieldsync.identity import Identity, new_key, public_key_b64
 from fieldsync.protocol import H_DEVICE, H_NONCE, H_SIGNATURE, H_TIMESTAMP, dumps
@@ -36,7 +36,6 @@ from server_stub.district import District
 from server_stub.replica import Actor
 
 REPO = Path(__file__).resolve().parents[2]
-PG_ENV = "FIELDSYNC_TEST_PG"
 
 #: Examples per operation and generation phase.  CI keeps the default; a long run sets more, e.g.
 #: ``FIELDSYNC_FUZZ_EXAMPLES=2000 .venv/bin/python -m pytest tests/security/test_fuzz_api.py``.
@@ -75,21 +74,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _pg_schema_url() -> Iterator[str]:
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.fail(f"{PG_ENV} is not set: run scripts/test, which starts a throwaway PostgreSQL", pytrace=False)
-    with pg_schema(base, "t_fuzz") as url:
-        yield url
-
-
-def database_url(backend: str, folder: Path) -> Iterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite:///{folder / 'district.db'}"
-    else:
-        yield from _pg_schema_url()
 
 
 def build_fuzz_district(district: District) -> None:
@@ -157,7 +141,7 @@ BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="
 def serve_demo(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer]:
     """A demo district on ``backend`` served by uvicorn, with the fuzzing device enrolled (a fixture body)."""
     folder = tmp_path_factory.mktemp(f"fuzz-{backend}")
-    for db_url in database_url(backend, folder):
+    with database(backend, folder) as db_url:
         district = District(db_url, attachments=folder / "attachments")
         try:
             build_fuzz_district(district)

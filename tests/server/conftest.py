@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import requests
-from serverkit import PIN, Device, pg_schema
+from serverkit import PIN, Device, database
 
 from fieldsync import KdfParams, Registry, Store
 from fieldsync.sync import SyncClient, enroll
@@ -28,8 +28,6 @@ from server_stub.district import District
 from server_stub.replica import Actor
 
 REPO = Path(__file__).resolve().parents[2]
-PG_ENV = "FIELDSYNC_TEST_PG"
-NO_PG = f"{PG_ENV} is not set: run scripts/test, which starts a throwaway PostgreSQL"
 SERVER_START_TIMEOUT_S = 20.0
 
 
@@ -41,20 +39,10 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def _pg_schema_url() -> Iterator[str]:
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.fail(NO_PG, pytrace=False)
-    with pg_schema(base) as url:
-        yield url
-
-
 @pytest.fixture
 def db_url(backend: str, tmp_path: Path) -> Iterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'district.db'}"
-    else:
-        yield from _pg_schema_url()
+    with database(backend, tmp_path) as url:
+        yield url
 
 
 def setup_district(district: District) -> None:

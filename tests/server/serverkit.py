@@ -6,12 +6,17 @@ Imported by the test modules of this folder (pytest puts the folder on ``sys.pat
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
+import os
 import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
+
+import pytest
 
 from fieldsync import Store
 from fieldsync.identity import Identity
@@ -196,3 +201,51 @@ def pg_schema(base: str, prefix: str = "t") -> Iterator[str]:
             # A connection left open by a test must not hang the whole run.
             conn.execute("SET lock_timeout = '20s'")
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+PG_ENV = "FIELDSYNC_TEST_PG"
+
+
+class MissingPostgres(RuntimeError):
+    """A PostgreSQL test without a cluster: it fails, never skips (scripts/test starts one)."""
+
+
+@contextmanager
+def database(backend: str, folder: Path, name: str = "district") -> Iterator[str]:
+    """A new, empty district database URL on ``backend``: a SQLite file in ``folder``, or a fresh
+    schema in the cluster at $FIELDSYNC_TEST_PG, dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{folder / (name + '.db')}"
+        return
+    if backend != "postgresql":
+        raise ValueError(f"unknown backend {backend!r}; use sqlite or postgresql")
+    base = os.environ.get(PG_ENV)
+    if not base:
+        raise MissingPostgres(f"{PG_ENV} is not set: run scripts/test (it starts a throwaway PostgreSQL), "
+                              f"or export {PG_ENV}=$(cat /tmp/fieldsync-pg-url)")
+    with pg_schema(base) as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def attachments_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Server processes and the test's District keep attachments in the same temporary folder."""
+    folder = tmp_path / "server-attachments"
+    monkeypatch.setenv("FIELDSYNC_ATTACHMENTS", str(folder))
+    return folder
+
+
+SERVER_FIXTURES = ("backend", "db_url", "district", "inproc", "make_device", "server_factory", "live_server", "live")
+
+
+def share_server_fixtures(namespace: dict[str, Any], module_name: str) -> Any:
+    """Give another test folder's conftest (``namespace``: its globals) the server tests' fixtures
+    (tests/server/conftest.py, loaded as ``module_name``) and :func:`attachments_folder`; returns
+    that conftest as a module."""
+    spec = importlib.util.spec_from_file_location(module_name, Path(__file__).with_name("conftest.py"))
+    assert spec is not None and spec.loader is not None
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    namespace.update({name: getattr(fixtures, name) for name in SERVER_FIXTURES})
+    namespace["attachments_folder"] = attachments_folder
+    return fixtures
